@@ -1,0 +1,88 @@
+"""Run the float model with onnxruntime and read intermediate tensors.
+
+Used for calibration (each gate's scale), and by ``validate`` for the per-layer
+comparison. Models exported with a fixed batch of 1 are run one sample at a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from ..errors import CalibrationError
+from ..progress import progress
+
+
+def check_input_array(x, shape, what: str, path: str = "") -> np.ndarray:
+    """Validate a user array shaped (N, *shape); return it as float32."""
+    where = f"{path}: " if path else ""
+    if not isinstance(x, np.ndarray):
+        raise CalibrationError(f"{where}{what} must be a numpy array, got {type(x).__name__}")
+    if x.dtype.kind not in "fiu":
+        raise CalibrationError(f"{where}{what} has dtype {x.dtype}; expected a float array")
+    if x.ndim == len(shape) and tuple(x.shape) == tuple(shape):
+        raise CalibrationError(f"{where}{what} has shape {x.shape}; add a leading batch axis: "
+                               f"(N, {', '.join(map(str, shape))})")
+    if x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != tuple(shape):
+        raise CalibrationError(f"{where}{what} has shape {x.shape}; the model expects "
+                               f"(N, {', '.join(map(str, shape))})")
+    if x.shape[0] == 0:
+        raise CalibrationError(f"{where}{what} is empty (N = 0)")
+    if not np.all(np.isfinite(x)):
+        raise CalibrationError(f"{where}{what} contains NaN or Inf")
+    return x.astype(np.float32)
+
+
+def load_array(path, shape, what) -> np.ndarray:
+    import os
+    if not os.path.isfile(path):
+        raise CalibrationError(f"{path}: no such file")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise CalibrationError(f"{path}: not a readable .npy array ({exc})") from None
+    return check_input_array(x, shape, what, path)
+
+
+class OnnxRunner:
+    """onnxruntime session exposing extra intermediate tensors as outputs."""
+
+    def __init__(self, model: onnx.ModelProto, input_name: str, batch_fixed: bool, tensors=()):
+        import onnxruntime as ort
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        have = {o.name for o in model.graph.output}
+        for t in tensors:
+            if t not in have:
+                model.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
+                have.add(t)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = 2
+        self.sess = ort.InferenceSession(model.SerializeToString(), opts,
+                                         providers=["CPUExecutionProvider"])
+        self.names = [o.name for o in self.sess.get_outputs()]
+        self.input_name = input_name
+        self.batch = 1 if batch_fixed else 64
+
+    def run(self, x: np.ndarray, tensors, desc: str = "onnxruntime"):
+        """Yield (slice, {tensor: array}) over batches of x."""
+        for i in progress(range(0, x.shape[0], self.batch), desc=desc,
+                          total=-(-x.shape[0] // self.batch)):
+            xb = x[i:i + self.batch].astype(np.float32)
+            outs = self.sess.run(list(tensors), {self.input_name: xb})
+            yield slice(i, i + xb.shape[0]), dict(zip(tensors, outs))
+
+    def collect(self, x, tensors, desc="onnxruntime") -> dict:
+        res: dict[str, list] = {t: [] for t in tensors}
+        for _, outs in self.run(x, tensors, desc):
+            for t, v in outs.items():
+                res[t].append(np.asarray(v, np.float64))
+        return {t: np.concatenate(v) for t, v in res.items()}
+
+
+def scale_from(values: np.ndarray, method: str, percentile: float) -> float:
+    """The calibrated upper range of an activation (its ReLU'd values)."""
+    v = np.maximum(values.ravel(), 0)
+    if method == "max":
+        return float(v.max())
+    return float(np.percentile(v, percentile))

@@ -1,0 +1,450 @@
+"""ONNX importer: an ONNX classifier -> a :class:`FloatGraph` of gates and linear maps.
+
+The model is normalized first (onnx version converter up to opset 13 when older,
+shape inference), constants are folded, and every tensor is tracked either as a
+constant or as an *affine expression* ``sum_s map_s(gate_s) + bias`` over the
+outputs of activation gates. Linear ops only transform expressions, so BatchNorm,
+biases, pooling and reshapes fold into the maps for free; an activation op closes
+an expression into a new gate. Shapes are per sample: the batch axis is dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import ModelError
+from . import linear as L
+
+#: ONNX op types the importer supports (docs/onnx-support.md says how each maps).
+SUPPORTED_OPS = (
+    "Add", "AveragePool", "BatchNormalization", "Clip", "Constant", "ConstantOfShape", "Conv",
+    "Div", "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "Identity", "LogSoftmax", "MatMul",
+    "Mul", "Relu", "Reshape", "Softmax", "Sub", "Transpose",
+    # shape arithmetic, folded when its inputs are constant
+    "Cast", "Concat", "Gather", "Shape", "Slice", "Squeeze", "Unsqueeze",
+)
+ACTIVATIONS = ("Relu", "Clip")
+TARGET_OPSET = 13
+
+
+@dataclass
+class Expr:
+    """sum over sources s of maps[s](value of s) + bias; per-sample ``shape``."""
+    shape: tuple
+    maps: dict
+    bias: np.ndarray
+
+    def apply(self, m: L.LinearMap, extra_bias=None) -> "Expr":
+        maps = {s: L.compose(m, mm) for s, mm in self.maps.items()}
+        bias = m.apply(self.bias[None].astype(np.float64))[0]
+        if extra_bias is not None:
+            bias = bias + extra_bias
+        return Expr(tuple(m.out_shape), maps, bias)
+
+
+@dataclass
+class GateSpec:
+    name: str
+    shape: tuple
+    expr: Expr
+    activation: str        # "relu" or "relu6"-like clip
+    upper: float | None    # clip upper bound (None: unbounded)
+    pre_tensor: str        # ONNX tensor fed to the activation
+    tensor: str            # ONNX tensor the gate produces
+    node: str
+
+
+@dataclass
+class FloatGraph:
+    path: str
+    sha256: str
+    opset: int
+    input_name: str
+    input_shape: tuple     # per sample
+    batch_fixed: bool      # the model's batch dimension is a fixed 1
+    gates: list = field(default_factory=list)
+    readout: Expr | None = None
+    readout_tensor: str = ""
+    output_name: str = ""
+    softmax: str | None = None   # "Softmax"/"LogSoftmax" dropped at the output
+
+
+class _Importer:
+    def __init__(self, model: onnx.ModelProto, path: str):
+        self.model = model
+        self.path = path
+        self.env: dict[str, object] = {}
+        self.consumers: dict[str, int] = {}
+
+    def fail(self, node, msg):
+        raise ModelError(f"{self.path}: node {node.name or '<unnamed>'!r} ({node.op_type}): {msg}")
+
+    # -- helpers ---------------------------------------------------------------
+    def const(self, node, i, what="input"):
+        if i >= len(node.input) or not node.input[i]:
+            return None
+        v = self.env.get(node.input[i])
+        if isinstance(v, Expr):
+            self.fail(node, f"{what} {node.input[i]!r} must be a constant (an initializer), "
+                            f"but it is computed from the network input")
+        if v is None:
+            self.fail(node, f"unknown input tensor {node.input[i]!r}")
+        return v
+
+    def expr(self, node, i=0) -> Expr:
+        v = self.env.get(node.input[i])
+        if not isinstance(v, Expr):
+            self.fail(node, f"input {node.input[i]!r} must depend on the network input")
+        return v
+
+    @staticmethod
+    def attrs(node) -> dict:
+        return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+    def per_sample(self, node, c: np.ndarray, shape) -> np.ndarray:
+        """Broadcast a constant operand to the per-sample shape (dropping a batch axis of 1)."""
+        c = np.asarray(c, dtype=np.float64)
+        if c.ndim > len(shape):
+            if c.ndim != len(shape) + 1 or c.shape[0] != 1:
+                self.fail(node, f"constant of shape {c.shape} would broadcast over the batch axis")
+            c = c[0]
+        try:
+            return np.broadcast_to(c, shape).copy()
+        except ValueError:
+            self.fail(node, f"constant of shape {c.shape} does not broadcast to {shape}")
+
+    def elementwise(self, node, e: Expr, factor: np.ndarray) -> Expr:
+        full = self.per_sample(node, factor, e.shape)
+        ch = full.reshape(full.shape[0], -1) if full.ndim else full.reshape(1, 1)
+        if full.ndim and np.all(ch == ch[:, :1]):
+            m = L.Scale(e.shape, e.shape, ch[:, 0].copy())
+        else:
+            import scipy.sparse as sp
+            m = L.Sparse(e.shape, e.shape, sp.diags(full.ravel()).tocsr())
+        return e.apply(m)
+
+    # -- op handlers (expression inputs) --------------------------------------
+    def op_Conv(self, node, a):
+        e = self.expr(node)
+        w = self.const(node, 1, "weight")
+        b = self.const(node, 2, "bias")
+        if len(e.shape) != 3 or w.ndim != 4:
+            self.fail(node, f"only 2-D convolution on (C, H, W) tensors is supported; input is {e.shape}")
+        kh, kw = w.shape[2:]
+        strides = tuple(a.get("strides", (1, 1)))
+        dil = tuple(a.get("dilations", (1, 1)))
+        pads = self._pads(node, a, e.shape[1:], (kh, kw), strides, dil)
+        m = L.conv_map(e.shape, w, strides, pads, dil, a.get("group", 1))
+        extra = None if b is None else np.asarray(b, np.float64)[:, None, None]
+        return e.apply(m, extra)
+
+    def _pads(self, node, a, hw, k, strides, dil):
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto in ("NOTSET", ""):
+            p = tuple(a.get("pads", (0, 0, 0, 0)))
+            return (p[0], p[1], p[2], p[3])
+        if auto == "VALID":
+            return (0, 0, 0, 0)
+        out = []
+        for n, kk, s, d in zip(hw, k, strides, dil):
+            total = max((-(-n // s) - 1) * s + (kk - 1) * d + 1 - n, 0)
+            lo = total // 2 if auto == "SAME_UPPER" else total - total // 2
+            out.append((lo, total - lo))
+        return (out[0][0], out[1][0], out[0][1], out[1][1])
+
+    def op_BatchNormalization(self, node, a):
+        e = self.expr(node)
+        if a.get("training_mode", 0):
+            self.fail(node, "training_mode=1 is not an inference graph")
+        scale, bias, mean, var = (self.const(node, i) for i in range(1, 5))
+        g = scale / np.sqrt(var + a.get("epsilon", 1e-5))
+        m = L.Scale(e.shape, e.shape, g.astype(np.float64))
+        shift = (bias - mean * g).astype(np.float64).reshape((-1,) + (1,) * (len(e.shape) - 1))
+        return e.apply(m, np.broadcast_to(shift, e.shape))
+
+    def op_Gemm(self, node, a):
+        e = self.expr(node)
+        if a.get("transA", 0):
+            self.fail(node, "transA=1 is not supported (the activation must be the left operand)")
+        if len(e.shape) != 1:
+            self.fail(node, f"Gemm input must be flat (F,) per sample, got {e.shape}")
+        w = np.asarray(self.const(node, 1, "weight B"), np.float64)
+        w = (w if a.get("transB", 0) else w.T) * a.get("alpha", 1.0)
+        c = self.const(node, 2, "bias C")
+        m = L.Dense(e.shape, (w.shape[0],), w)
+        extra = None if c is None else self.per_sample(node, np.asarray(c) * a.get("beta", 1.0), (w.shape[0],))
+        return e.apply(m, extra)
+
+    def op_MatMul(self, node, a):
+        e = self.expr(node)
+        w = np.asarray(self.const(node, 1, "weight"), np.float64)
+        if len(e.shape) != 1 or w.ndim != 2:
+            self.fail(node, f"MatMul supports flat (F,) activations times a 2-D weight; got {e.shape} @ {w.shape}")
+        return e.apply(L.Dense(e.shape, (w.shape[1],), w.T.copy()))
+
+    def _binary(self, node, sign):
+        x, y = (self.env.get(n) for n in node.input[:2])
+        if isinstance(x, Expr) and isinstance(y, Expr):
+            if x.shape != y.shape:
+                self.fail(node, f"operand shapes {x.shape} and {y.shape} differ (no broadcasting of activations)")
+            maps = dict(x.maps)
+            for s, m in y.maps.items():
+                m = m if sign > 0 else L.compose(L.Scale(m.out_shape, m.out_shape, -np.ones(m.out_shape[0])), m)
+                maps[s] = L.add_maps(maps[s], m) if s in maps else m
+            return Expr(x.shape, maps, x.bias + sign * y.bias)
+        if isinstance(x, Expr):
+            return Expr(x.shape, x.maps, x.bias + sign * self.per_sample(node, y, x.shape))
+        e = self.expr(node, 1)
+        if sign < 0:
+            e = e.apply(L.Scale(e.shape, e.shape, -np.ones(e.shape[0])))
+        return Expr(e.shape, e.maps, e.bias + self.per_sample(node, x, e.shape))
+
+    def op_Add(self, node, a):
+        return self._binary(node, +1)
+
+    def op_Sub(self, node, a):
+        return self._binary(node, -1)
+
+    def op_Mul(self, node, a):
+        x, y = (self.env.get(n) for n in node.input[:2])
+        if isinstance(x, Expr) and isinstance(y, Expr):
+            self.fail(node, "multiplying two activations is not supported yet")
+        e, c = (x, y) if isinstance(x, Expr) else (y, x)
+        return self.elementwise(node, e, c)
+
+    def op_Div(self, node, a):
+        e = self.expr(node)
+        c = self.const(node, 1, "divisor")
+        if np.any(np.asarray(c) == 0):
+            self.fail(node, "division by zero")
+        return self.elementwise(node, e, 1.0 / np.asarray(c, np.float64))
+
+    def op_Identity(self, node, a):
+        return self.expr(node)
+
+    op_Dropout = op_Identity
+
+    def op_Flatten(self, node, a):
+        e = self.expr(node)
+        if a.get("axis", 1) != 1:
+            self.fail(node, f"Flatten axis={a.get('axis')} is not supported (only axis=1)")
+        return self._reshape(e, (int(np.prod(e.shape)),))
+
+    def _reshape(self, e, shape):
+        shape = tuple(int(s) for s in shape)
+        maps = {s: m.reshaped(shape) for s, m in e.maps.items()}
+        return Expr(shape, maps, e.bias.reshape(shape))
+
+    def op_Reshape(self, node, a):
+        e = self.expr(node)
+        target = [int(s) for s in np.asarray(self.const(node, 1, "shape"))]
+        full = (1, *e.shape)
+        if not a.get("allowzero", 0):
+            target = [full[i] if s == 0 and i < len(full) else s for i, s in enumerate(target)]
+        try:
+            out = np.empty(full).reshape(target).shape
+        except ValueError:
+            self.fail(node, f"cannot reshape {full} to {target}")
+        if out[0] != 1:
+            self.fail(node, f"reshape to {target} mixes the batch axis with features")
+        return self._reshape(e, out[1:])
+
+    def op_Transpose(self, node, a):
+        import scipy.sparse as sp
+        e = self.expr(node)
+        perm = list(a.get("perm", range(len(e.shape) + 1)[::-1]))
+        if perm[0] != 0:
+            self.fail(node, f"perm {perm} moves the batch axis")
+        p = [q - 1 for q in perm[1:]]
+        idx = np.arange(int(np.prod(e.shape))).reshape(e.shape).transpose(p)
+        shape = idx.shape
+        m = sp.csr_matrix((np.ones(idx.size), (np.arange(idx.size), idx.ravel())),
+                          shape=(idx.size, idx.size))
+        return e.apply(L.Sparse(e.shape, shape, m))
+
+    def _pool(self, node, e, k, strides, pads, include_pad):
+        c = e.shape[0]
+        w = np.full((c, 1, *k), 1.0 / (k[0] * k[1]))
+        m = L.conv_map(e.shape, w, strides, pads, (1, 1), c)
+        if not include_pad and any(pads):
+            ones = np.ones((1, 1, *e.shape[1:]))
+            cnt = L.conv_map((1, *e.shape[1:]), np.ones((1, 1, *k)), strides, pads, (1, 1), 1).apply(ones)[0, 0]
+            factor = np.broadcast_to(k[0] * k[1] / cnt, m.out_shape)
+            import scipy.sparse as sp
+            m = L.Sparse(m.in_shape, m.out_shape, sp.diags(factor.ravel()).tocsr() @ m.to_sparse())
+        return e.apply(m)
+
+    def op_AveragePool(self, node, a):
+        e = self.expr(node)
+        k = tuple(a["kernel_shape"])
+        if len(k) != 2 or len(e.shape) != 3:
+            self.fail(node, f"only 2-D pooling on (C, H, W) is supported; input {e.shape}")
+        if a.get("ceil_mode", 0):
+            self.fail(node, "ceil_mode=1 is not supported")
+        strides = tuple(a.get("strides", (1, 1)))
+        pads = self._pads(node, a, e.shape[1:], k, strides, (1, 1))
+        return self._pool(node, e, k, strides, pads, bool(a.get("count_include_pad", 0)))
+
+    def op_GlobalAveragePool(self, node, a):
+        e = self.expr(node)
+        if len(e.shape) != 3:
+            self.fail(node, f"expects a (C, H, W) input, got {e.shape}")
+        return self._pool(node, e, e.shape[1:], (1, 1), (0, 0, 0, 0), True)
+
+
+def load_model(path) -> tuple[onnx.ModelProto, bytes]:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    if not model.graph.node:
+        raise ModelError(f"{path}: not an ONNX model (the graph has no nodes)")
+    return model, data
+
+
+def normalize(model: onnx.ModelProto, path: str) -> onnx.ModelProto:
+    opset = _opset(model)
+    if opset < 9:
+        raise ModelError(f"{path}: opset {opset} is too old; amosc reads opset 9 and newer")
+    if opset < TARGET_OPSET:
+        try:
+            model = onnx.version_converter.convert_version(model, TARGET_OPSET)
+        except Exception as exc:
+            raise ModelError(f"{path}: converting opset {opset} to {TARGET_OPSET} failed: {exc}") from None
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:
+        raise ModelError(f"{path}: ONNX shape inference failed: {exc}") from None
+
+
+def _opset(model) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise ModelError("model has no default-domain opset import")
+
+
+def graph_input(model, path):
+    """(name, per-sample shape, batch_fixed) of the model's single data input."""
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise ModelError(f"{path}: expected exactly one data input, found {[i.name for i in inputs]}")
+    inp = inputs[0]
+    if inp.type.tensor_type.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+                                              onnx.TensorProto.FLOAT16):
+        raise ModelError(f"{path}: input {inp.name!r} must be a float tensor")
+    dims = inp.type.tensor_type.shape.dim
+    if not dims:
+        raise ModelError(f"{path}: input {inp.name!r} has no shape")
+    shape = []
+    for i, d in enumerate(dims):
+        if d.HasField("dim_value"):
+            shape.append(d.dim_value)
+        elif i == 0:
+            shape.append(None)
+        else:
+            raise ModelError(f"{path}: input {inp.name!r} dimension {i} is dynamic "
+                             f"({d.dim_param or '?'}); only the batch dimension may be")
+    if shape[0] not in (None, 1):
+        raise ModelError(f"{path}: input {inp.name!r} has a fixed batch of {shape[0]}; "
+                         "export with batch 1 or a symbolic batch dimension")
+    return inp.name, tuple(shape[1:]), shape[0] == 1
+
+
+def _fold(node, values, path):
+    from onnx.reference import ReferenceEvaluator
+    try:
+        ev = ReferenceEvaluator(node)
+        return ev.run(None, {n: v for n, v in zip(node.input, values) if n})
+    except Exception as exc:
+        raise ModelError(f"{path}: node {node.name!r} ({node.op_type}): constant folding failed: {exc}") from None
+
+
+def import_model(path) -> FloatGraph:
+    model, data = load_model(path)
+    path = os.fspath(path)
+    model = normalize(model, path)
+    name, shape, fixed = graph_input(model, path)
+    g = FloatGraph(path, hashlib.sha256(data).hexdigest(), _opset(model), name, shape, fixed)
+    imp = _Importer(model, path)
+    env = imp.env
+    for init in model.graph.initializer:
+        arr = numpy_helper.to_array(init)
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            raise ModelError(f"{path}: initializer {init.name!r} contains NaN or Inf")
+        env[init.name] = arr
+    env[name] = Expr(shape, {"input": L.identity(shape)}, np.zeros(shape))
+    outputs = [o.name for o in model.graph.output]
+    if len(outputs) != 1:
+        raise ModelError(f"{path}: expected one graph output, found {outputs}")
+    g.output_name = outputs[0]
+    nodes = list(model.graph.node)
+    for i, node in enumerate(nodes):
+        if node.domain not in ("", "ai.onnx"):
+            imp.fail(node, f"custom domain {node.domain!r} is not supported")
+        op = node.op_type
+        if op not in SUPPORTED_OPS:
+            imp.fail(node, f"unsupported op type {op!r}; supported ops: {', '.join(sorted(SUPPORTED_OPS))}")
+        ins = [env.get(n) if n else None for n in node.input]
+        for n, v in zip(node.input, ins):
+            if n and v is None:
+                imp.fail(node, f"input tensor {n!r} is not produced by any earlier node")
+        a = imp.attrs(node)
+        if op == "Constant":
+            env[node.output[0]] = _fold(node, [], path)[0]
+            continue
+        if op == "Shape" and isinstance(ins[0], Expr):
+            env[node.output[0]] = np.array((1, *ins[0].shape), dtype=np.int64)
+            continue
+        if not any(isinstance(v, Expr) for v in ins):
+            for o, v in zip(node.output, _fold(node, ins, path)):
+                env[o] = v
+            continue
+        if op in ("Softmax", "LogSoftmax"):
+            if node.output[0] != g.output_name:
+                imp.fail(node, f"{op} is supported only as the final op (it is dropped: argmax is unchanged)")
+            g.softmax = op
+            g.readout = imp.expr(node)
+            g.readout_tensor = node.input[0]
+            continue
+        if op in ACTIVATIONS:
+            e = imp.expr(node)
+            upper = None
+            if op == "Clip":
+                lo, hi = (imp.const(node, j) for j in (1, 2)) if len(node.input) > 1 else (None, None)
+                lo = a.get("min", -np.inf) if lo is None else float(lo)
+                hi = a.get("max", np.inf) if hi is None else float(hi)
+                if lo != 0.0 or not np.isfinite(hi) or hi <= 0:
+                    imp.fail(node, f"Clip({lo}, {hi}) is supported only as ReLU-n (min 0, finite max > 0)")
+                upper = float(hi)
+            gname = f"g{len(g.gates)}_{node.name or node.output[0]}"
+            g.gates.append(GateSpec(gname, e.shape, e, "relu" if upper is None else f"relu{upper:g}",
+                                    upper, node.input[0], node.output[0], node.name))
+            env[node.output[0]] = Expr(e.shape, {gname: L.identity(e.shape)}, np.zeros(e.shape))
+            continue
+        handler = getattr(imp, f"op_{op}", None)
+        if handler is None:
+            imp.fail(node, f"{op} must have constant inputs here (it only folds shape arithmetic)")
+        env[node.output[0]] = handler(node, a)
+    if g.readout is None:
+        out = env.get(g.output_name)
+        if not isinstance(out, Expr):
+            raise ModelError(f"{path}: output {g.output_name!r} does not depend on the input")
+        g.readout, g.readout_tensor = out, g.output_name
+    if len(g.readout.shape) != 1:
+        raise ModelError(f"{path}: output {g.output_name!r} must be (N, classes), got per-sample shape "
+                         f"{g.readout.shape}")
+    return g

@@ -1,0 +1,194 @@
+"""Float linear maps between activation tensors, and their composition.
+
+The importer turns every chain of linear ONNX ops (Conv, BatchNormalization,
+Gemm, MatMul, pooling, Flatten/Reshape, Mul/Add by constants) between two
+activation gates into one :class:`LinearMap`; that map becomes one projection.
+Shapes are per sample (no batch axis).
+
+Compositions keep the compact forms where they can (scale∘conv stays a conv,
+dense∘scale stays dense) and otherwise materialize a scipy sparse matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..ir.semantics import conv2d, conv_output_hw
+
+
+@dataclass(frozen=True, eq=False)
+class LinearMap:
+    in_shape: tuple
+    out_shape: tuple
+
+    def apply(self, x: np.ndarray) -> np.ndarray:  # x (N, *in_shape)
+        raise NotImplementedError
+
+    def to_sparse(self) -> sp.csr_matrix:
+        raise NotImplementedError
+
+    def row_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sum_j max(W_ij, 0), sum_j min(W_ij, 0)) for every output i, each shaped
+        out_shape: the range analysis' bound for non-negative inputs."""
+        m = self.to_sparse()
+        pos, neg = m.maximum(0), m.minimum(0)
+        return (np.asarray(pos.sum(axis=1)).reshape(self.out_shape),
+                np.asarray(neg.sum(axis=1)).reshape(self.out_shape))
+
+    def reshaped(self, out_shape) -> "LinearMap":
+        return Sparse(self.in_shape, tuple(out_shape), self.to_sparse())
+
+
+@dataclass(frozen=True, eq=False)
+class Scale(LinearMap):
+    """y[c, ...] = s[c] * x[c, ...] (channel axis 0); identity when s is all ones."""
+    s: np.ndarray = field(default=None)
+
+    def apply(self, x):
+        return x * self.s.reshape((1, -1) + (1,) * (len(self.in_shape) - 1))
+
+    def full(self):
+        return np.broadcast_to(self.s.reshape((-1,) + (1,) * (len(self.in_shape) - 1)),
+                               self.in_shape)
+
+    def to_sparse(self):
+        return sp.diags(self.full().ravel().astype(np.float64)).tocsr()
+
+    def row_sums(self):
+        f = self.full().astype(np.float64)
+        return np.maximum(f, 0), np.minimum(f, 0)
+
+    def reshaped(self, out_shape):
+        if tuple(out_shape) == self.in_shape:
+            return self
+        return super().reshaped(out_shape)
+
+
+def identity(shape) -> Scale:
+    shape = tuple(shape)
+    return Scale(shape, shape, np.ones(shape[0] if shape else 1))
+
+
+@dataclass(frozen=True, eq=False)
+class Conv(LinearMap):
+    w: np.ndarray = None
+    strides: tuple = (1, 1)
+    pads: tuple = (0, 0, 0, 0)
+    dilations: tuple = (1, 1)
+    groups: int = 1
+
+    def apply(self, x):
+        return conv2d(x, self.w, self.strides, self.pads, self.dilations, self.groups)
+
+    def attrs(self):
+        return dict(strides=tuple(self.strides), pads=tuple(self.pads),
+                    dilations=tuple(self.dilations), groups=int(self.groups))
+
+    def to_sparse(self):
+        c, h, w = self.in_shape
+        co, ho, wo = self.out_shape
+        cig, kh, kw = self.w.shape[1:]
+        (sh, sw), (pt, pl, _, _), (dh, dw) = self.strides, self.pads, self.dilations
+        og = np.arange(co) // (co // self.groups)
+        o, ci, i, j, yo, xo = np.meshgrid(np.arange(co), np.arange(cig), np.arange(kh),
+                                          np.arange(kw), np.arange(ho), np.arange(wo),
+                                          indexing="ij")
+        yi = yo * sh - pt + i * dh
+        xi = xo * sw - pl + j * dw
+        cin = og[o] * cig + ci
+        ok = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
+        rows = ((o * ho + yo) * wo + xo)[ok]
+        cols = ((cin * h + yi) * w + xi)[ok]
+        vals = self.w[o, ci, i, j][ok].astype(np.float64)
+        m = sp.coo_matrix((vals, (rows, cols)), shape=(co * ho * wo, c * h * w)).tocsr()
+        m.sum_duplicates()
+        return m
+
+    def row_sums(self):  # interior positions; border rows sum fewer terms
+        w = self.w.reshape(self.w.shape[0], -1)
+        return tuple(np.broadcast_to(s[:, None, None], self.out_shape).astype(np.float64)
+                     for s in (np.maximum(w, 0).sum(1), np.minimum(w, 0).sum(1)))
+
+
+@dataclass(frozen=True, eq=False)
+class Dense(LinearMap):
+    """y = W @ x.ravel(); W (prod(out_shape), prod(in_shape))."""
+    w: np.ndarray = None
+
+    def apply(self, x):
+        return (x.reshape(x.shape[0], -1) @ self.w.T).reshape((x.shape[0], *self.out_shape))
+
+    def to_sparse(self):
+        return sp.csr_matrix(self.w)
+
+    def row_sums(self):
+        return (np.maximum(self.w, 0).sum(1).reshape(self.out_shape),
+                np.minimum(self.w, 0).sum(1).reshape(self.out_shape))
+
+    def reshaped(self, out_shape):
+        return replace(self, out_shape=tuple(out_shape))
+
+
+@dataclass(frozen=True, eq=False)
+class Sparse(LinearMap):
+    m: sp.csr_matrix = None
+
+    def apply(self, x):
+        return np.asarray(self.m @ x.reshape(x.shape[0], -1).T).T.reshape((x.shape[0], *self.out_shape))
+
+    def to_sparse(self):
+        return self.m
+
+    def reshaped(self, out_shape):
+        return replace(self, out_shape=tuple(out_shape))
+
+
+def conv_map(in_shape, w, strides, pads, dilations, groups) -> Conv:
+    ho, wo = conv_output_hw(in_shape[1:], w.shape[2:], strides, pads, dilations)
+    return Conv(tuple(in_shape), (w.shape[0], ho, wo), np.asarray(w, np.float64), tuple(strides),
+                tuple(pads), tuple(dilations), int(groups))
+
+
+def compose(outer: LinearMap, inner: LinearMap) -> LinearMap:
+    """The map x -> outer(inner(x))."""
+    if tuple(outer.in_shape) != tuple(inner.out_shape):
+        raise ValueError(f"cannot compose: {outer.in_shape} != {inner.out_shape}")
+    if isinstance(inner, Scale) and inner.in_shape == inner.out_shape:
+        if isinstance(outer, Scale):
+            return Scale(inner.in_shape, outer.out_shape, outer.s * inner.s)
+        if isinstance(outer, Conv):
+            cig = outer.w.shape[1]
+            per_in = inner.s.reshape(outer.groups, cig)  # input channels by group
+            co_g = outer.w.shape[0] // outer.groups
+            factor = np.repeat(per_in, co_g, axis=0)[:, :, None, None]
+            return replace(outer, in_shape=inner.in_shape, w=outer.w * factor)
+        if isinstance(outer, Dense):
+            return replace(outer, in_shape=inner.in_shape, w=outer.w * inner.full().ravel()[None, :])
+    if isinstance(outer, Scale) and outer.in_shape == outer.out_shape:
+        if isinstance(inner, Conv):
+            return replace(inner, w=inner.w * outer.s[:, None, None, None], out_shape=outer.out_shape)
+        if isinstance(inner, (Dense, Sparse)):
+            rows = outer.full().ravel()
+            if isinstance(inner, Dense):
+                return replace(inner, w=inner.w * rows[:, None])
+            return replace(inner, m=sp.diags(rows).tocsr() @ inner.m)
+    if isinstance(outer, Dense):
+        w = outer.w @ inner.w if isinstance(inner, Dense) else np.asarray(
+            (inner.to_sparse().T @ outer.w.T).T)
+        return Dense(inner.in_shape, outer.out_shape, np.asarray(w, np.float64))
+    return Sparse(inner.in_shape, outer.out_shape, (outer.to_sparse() @ inner.to_sparse()).tocsr())
+
+
+def add_maps(a: LinearMap, b: LinearMap) -> LinearMap:
+    """The map x -> a(x) + b(x) (both from the same source)."""
+    if isinstance(a, Scale) and isinstance(b, Scale):
+        return replace(a, s=a.s + b.s)
+    if isinstance(a, Dense) and isinstance(b, Dense):
+        return replace(a, w=a.w + b.w)
+    if isinstance(a, Conv) and isinstance(b, Conv) and a.attrs() == b.attrs() \
+            and a.w.shape == b.w.shape:
+        return replace(a, w=a.w + b.w)
+    return Sparse(a.in_shape, a.out_shape, (a.to_sparse() + b.to_sparse()).tocsr())

@@ -1,0 +1,33 @@
+"""Errors raised by amosc. Every user-facing failure is an :class:`AmoscError`.
+
+The CLI prints ``error: <message>`` for any of them and exits with status 2;
+anything else is a bug and keeps its traceback.
+"""
+
+
+class AmoscError(Exception):
+    """Base class: a problem with the user's input or with a program."""
+
+
+class ModelError(AmoscError):
+    """The ONNX model cannot be read or uses something amosc does not support."""
+
+
+class CalibrationError(AmoscError):
+    """Calibration or input data has the wrong shape, dtype or values."""
+
+
+class RangeError(AmoscError):
+    """A layer cannot be represented in the integer ranges of the target."""
+
+
+class IRError(AmoscError):
+    """A program violates the IR's invariants (see docs/ir.md)."""
+
+
+class ArtifactError(AmoscError):
+    """An .amos file is missing, corrupt or of an unsupported version."""
+
+
+class BackendError(AmoscError):
+    """A backend is unknown, unavailable or failed while running a program."""

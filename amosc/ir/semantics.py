@@ -1,0 +1,189 @@
+"""Executable specification of the IR's integer semantics (level 1 of docs/ir.md).
+
+:func:`evaluate` computes every population's integer code directly from the
+equations, without time steps. The spiking simulator in
+:mod:`amosc.backends.reference` must produce exactly the same integers; the
+tests compare the two integer for integer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..errors import IRError
+from .nodes import Code, GatePop, InputPop, Program, Projection, ReadoutPop
+
+
+# ---------------------------------------------------------------------------
+# Linear kernels, shared by the compiler (float64) and the simulators (integers
+# carried exactly in float64: every sum stays far below 2**53).
+# ---------------------------------------------------------------------------
+
+def conv_output_hw(hw, kernel, strides, pads, dilations):
+    (h, w), (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = hw, kernel, strides, pads, dilations
+    ho = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
+    wo = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
+    return ho, wo
+
+
+def conv2d(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
+           groups: int = 1) -> np.ndarray:
+    """ONNX Conv (cross-correlation) of x (N, C, H, W) with w (Co, C/groups, kh, kw), float64."""
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    n, c, _, _ = x.shape
+    co, cig, kh, kw = w.shape
+    (sh, sw), (pt, pl, pb, pr), (dh, dw) = strides, pads, dilations
+    if cig * groups != c or co % groups:
+        raise IRError(f"conv2d: weight {w.shape} with groups={groups} does not fit input {x.shape}")
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    win = sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # (N, C, Ho, Wo, kh, kw)
+    ho, wo = win.shape[2], win.shape[3]
+    if groups == 1:
+        return np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)
+    win = win.reshape(n, groups, cig, ho, wo, kh, kw)
+    wg = w.reshape(groups, co // groups, cig, kh, kw)
+    out = np.einsum("ngchwij,gocij->ngohw", win, wg, optimize=True)
+    return out.reshape(n, co, ho, wo)
+
+
+def linear(kind: str, weight, attrs: dict, x: np.ndarray, out_shape) -> np.ndarray:
+    """Apply a projection's linear map to x (N, *in_shape); float64 result (N, *out_shape)."""
+    n = x.shape[0]
+    if kind == "conv":
+        y = conv2d(x, weight, attrs["strides"], attrs["pads"], attrs["dilations"], attrs["groups"])
+    elif kind == "dense":
+        y = x.reshape(n, -1).astype(np.float64) @ np.asarray(weight, dtype=np.float64).T
+    elif kind == "sparse":
+        y = (weight.astype(np.float64) @ x.reshape(n, -1).astype(np.float64).T).T
+    else:
+        raise IRError(f"unknown projection kind {kind!r}")
+    return np.asarray(y).reshape((n, *out_shape))
+
+
+# ---------------------------------------------------------------------------
+# Integer rules
+# ---------------------------------------------------------------------------
+
+def shift_round(v, e: int):
+    """v * 2^e for e >= 0; otherwise v / 2^-e rounded half up (integer arithmetic)."""
+    v = np.asarray(v, dtype=np.int64)
+    if e >= 0:
+        return v << e
+    return (v + (1 << (-e - 1))) >> (-e)
+
+
+def plane_weights(proj: Projection, d: int):
+    """The integer weights (same layout as ``proj.weight``) of the synapses from a
+    source unit whose code weight is d."""
+    if sp.issparse(proj.weight):
+        w = proj.weight.copy().astype(np.int64)
+        w.data = shift_round(w.data * d, proj.exp)
+        return w
+    return shift_round(proj.weight.astype(np.int64) * d, proj.exp)
+
+
+def plane_is_exact(exp: int, d: int) -> bool:
+    """Whether M * d * 2^exp is an integer for every M, i.e. the plane needs no rounding."""
+    return exp >= 0 or d % (1 << -exp) == 0
+
+
+def encode_input(pop: InputPop, x: np.ndarray) -> np.ndarray:
+    """Host-side input encoding, x (N, *shape) float -> integer codes in [0, 2^K - 1]."""
+    q = np.round((np.asarray(x, dtype=np.float64) - pop.zero_point) / pop.scale)
+    return np.clip(q, 0, 2**pop.bits - 1).astype(np.int64)
+
+
+def bit_planes(c: np.ndarray, bits: int) -> np.ndarray:
+    """Binary planes of codes c, MSB first: (K, *c.shape) uint8."""
+    return np.stack([(c >> (bits - 1 - k)) & 1 for k in range(bits)]).astype(np.uint8)
+
+
+def unit_spikes(code: Code, y: np.ndarray) -> np.ndarray:
+    """Spikes z_k (K, *y.shape) of the units for integer input y, by the code's recurrence."""
+    z = np.zeros((code.bits, *y.shape), dtype=np.uint8)
+    v = np.asarray(y, dtype=np.int64).copy()
+    for k in range(code.bits):
+        z[k] = v >= code.thresholds[k]
+        v -= code.resets[k] * z[k].astype(np.int64)
+    return z
+
+
+def binary_params(code: Code):
+    """(theta, offset) when the code is the successive-approximation ADC, else None."""
+    k, theta = code.bits, code.resets[-1]
+    offset = theta - code.thresholds[-1]
+    ideal = Code.binary(k, theta, offset) if theta >= 1 and 0 <= offset < theta else None
+    return (theta, offset) if ideal == code else None
+
+
+def gate_code(code: Code, y: np.ndarray) -> np.ndarray:
+    """Integer code c = sum_k d_k z_k of units with integer input y (closed form for ADCs)."""
+    params = binary_params(code)
+    if params is not None:
+        theta, offset = params
+        return np.clip((np.asarray(y, np.int64) + offset) // theta, 0, 2**code.bits - 1)
+    z = unit_spikes(code, y)
+    return np.tensordot(np.asarray(code.weights, np.int64), z.astype(np.int64), axes=1)
+
+
+def spikes_input(proj: Projection, code: Code, z: np.ndarray) -> np.ndarray:
+    """Synaptic input (N, *out_shape) into ``proj.target`` from source spikes z (K, N, *in_shape).
+
+    Planes whose weights are exact multiples are folded into one product with the
+    partial code (this is where level 1 differs in method from the simulator)."""
+    exact = [k for k, d in enumerate(code.weights) if plane_is_exact(proj.exp, d)]
+    return _planes_input(proj, code, z, exact)
+
+
+def _planes_input(proj, code, z, exact):
+    n = z.shape[1]
+    total = np.zeros((n, *proj.out_shape), dtype=np.float64)
+    if exact:
+        # sum_k d_k 2^e z_k is an integer for these planes: one product with M
+        part = sum(z[k].astype(np.int64) * code.weights[k] for k in exact)
+        part = part << proj.exp if proj.exp >= 0 else part >> -proj.exp
+        total += linear(proj.kind, proj.weight, proj.attrs, part, proj.out_shape)
+    for k in range(code.bits):
+        if k not in exact:
+            wk = plane_weights(proj, code.weights[k])
+            total += linear(proj.kind, wk, proj.attrs, z[k], proj.out_shape)
+    return np.rint(total).astype(np.int64)
+
+
+def evaluate(program: Program, x: np.ndarray) -> dict:
+    """Level-1 evaluation of a program on float input x (N, *input_shape).
+
+    Returns {population name: integer array (N, *shape)}: the codes of the input
+    and gate populations and the integer y of the readout.
+    """
+    out: dict[str, np.ndarray] = {}
+    spikes: dict[str, np.ndarray] = {}
+    for pop in program.populations:
+        if isinstance(pop, InputPop):
+            out[pop.name] = encode_input(pop, x)
+            spikes[pop.name] = bit_planes(out[pop.name], pop.bits)
+            continue
+        y = np.broadcast_to(pop.bias.astype(np.int64), (x.shape[0], *pop.shape)).copy()
+        for proj in program.incoming(pop.name):
+            src = program.pop(proj.source)
+            y += spikes_input(proj, src.code, spikes[proj.source])
+        if isinstance(pop, GatePop):
+            out[pop.name] = gate_code(pop.code, y)
+            spikes[pop.name] = (bit_planes(out[pop.name], pop.code.bits) if pop.code.is_binary()
+                                else unit_spikes(pop.code, y))
+        elif isinstance(pop, ReadoutPop):
+            out[pop.name] = y
+        else:
+            raise IRError(f"unknown population kind {type(pop).__name__}")
+    return out
+
+
+def decode(pop, values: np.ndarray) -> np.ndarray:
+    """Float value of a population's integers (codes or readout y)."""
+    if isinstance(pop, InputPop):
+        return values * pop.scale + pop.zero_point
+    return values.astype(np.float64) * pop.scale

@@ -1,0 +1,125 @@
+"""IR verifier: structure, timing and the integer range proof (docs/ir.md).
+
+:func:`verify` raises :class:`IRError` (structure, timing) or :class:`RangeError`
+(a neuron could leave the 18-bit synaptic range) naming the population or
+projection at fault. :func:`input_bounds` is the range analysis itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import IRError, RangeError
+from .nodes import ACC_LIMIT, GatePop, InputPop, Program, Projection, ReadoutPop
+from .semantics import conv_output_hw, plane_weights
+
+
+def _row_sums(proj: Projection, w) -> tuple[np.ndarray, np.ndarray]:
+    """Per target neuron (sum of positive, sum of negative) weights, shaped out_shape.
+    Conv rows use the full kernel: an upper bound at the borders."""
+    if sp.issparse(w):
+        pos, neg = w.maximum(0), w.minimum(0)
+        return (np.asarray(pos.sum(1)).reshape(proj.out_shape),
+                np.asarray(neg.sum(1)).reshape(proj.out_shape))
+    if proj.kind == "conv":
+        flat = w.reshape(w.shape[0], -1)
+        return tuple(np.broadcast_to(s[:, None, None], proj.out_shape)
+                     for s in (np.maximum(flat, 0).sum(1), np.minimum(flat, 0).sum(1)))
+    return (np.maximum(w, 0).sum(1).reshape(proj.out_shape),
+            np.minimum(w, 0).sum(1).reshape(proj.out_shape))
+
+
+def input_bounds(program: Program, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per neuron of population ``name``, the (min, max) of its synaptic input over
+    every possible source code (bias and inhibition excluded)."""
+    pop = program.pop(name)
+    lo = np.zeros(pop.shape, np.int64)
+    hi = np.zeros(pop.shape, np.int64)
+    for proj in program.incoming(name):
+        code = program.pop(proj.source).code
+        for d in code.weights:
+            p, n = _row_sums(proj, plane_weights(proj, d))
+            hi += p.astype(np.int64)
+            lo += n.astype(np.int64)
+    return lo, hi
+
+
+def inhibition_max(pop) -> int:
+    return int(sum(pop.code.resets)) if isinstance(pop, GatePop) else 0
+
+
+def check_ranges(program: Program, name: str) -> dict:
+    """Raise RangeError unless every per-step input of ``name``'s neurons stays within
+    +-ACC_LIMIT. Returns the bounds for reporting."""
+    pop = program.pop(name)
+    lo, hi = input_bounds(program, name)
+    inh = inhibition_max(pop)
+    b = pop.bias.astype(np.int64)
+    worst_hi = int(max(hi.max(), (hi + b).max()))
+    worst_lo = int(min((lo - inh).min(), (lo + b - inh).min()))
+    if worst_hi > ACC_LIMIT or worst_lo < -ACC_LIMIT:
+        raise RangeError(
+            f"population {name!r}: synaptic input can reach [{worst_lo}, {worst_hi}], outside "
+            f"the 18-bit range +-{ACC_LIMIT} (Loihi's 24-bit current after its 6-bit shift)")
+    return {"min": worst_lo, "max": worst_hi}
+
+
+def verify(program: Program, ranges: bool = True) -> None:
+    names = [p.name for p in program.populations]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise IRError(f"duplicate population names: {dup}")
+    pos = {n: i for i, n in enumerate(names)}
+    inputs = [p for p in program.populations if isinstance(p, InputPop)]
+    if len(inputs) != 1 or inputs[0].name != program.input:
+        raise IRError(f"program needs exactly one input population named {program.input!r}")
+    if not isinstance(program.pop(program.output), ReadoutPop):
+        raise IRError(f"output {program.output!r} must be a readout population")
+    pnames = [p.name for p in program.projections]
+    if len(set(pnames)) != len(pnames):
+        raise IRError("duplicate projection names")
+    for proj in program.projections:
+        for end in (proj.source, proj.target):
+            if end not in pos:
+                raise IRError(f"projection {proj.name!r}: unknown population {end!r}")
+        src, tgt = program.pop(proj.source), program.pop(proj.target)
+        if pos[proj.source] >= pos[proj.target]:
+            raise IRError(f"projection {proj.name!r}: source {src.name!r} does not precede "
+                          f"target {tgt.name!r} (populations must be in topological order)")
+        if isinstance(src, ReadoutPop) or isinstance(tgt, InputPop):
+            raise IRError(f"projection {proj.name!r}: {src.name!r} -> {tgt.name!r} runs from a "
+                          "readout or into the input")
+        if tuple(proj.in_shape) != tuple(src.shape) or tuple(proj.out_shape) != tuple(tgt.shape):
+            raise IRError(f"projection {proj.name!r}: shape {proj.in_shape} -> {proj.out_shape} does "
+                          f"not match {src.name}.shape {src.shape} -> {tgt.name}.shape {tgt.shape}")
+        _check_layout(proj)
+        if tgt.start < src.start + src.code.bits:
+            raise IRError(f"projection {proj.name!r}: target {tgt.name!r} starts at step {tgt.start}, "
+                          f"before source {src.name!r}'s last unit fires (step "
+                          f"{src.start + src.code.bits - 1}); run the schedule pass")
+    for pop in program.populations:
+        if not isinstance(pop, InputPop) and not program.incoming(pop.name):
+            raise IRError(f"population {pop.name!r} has no incoming projection")
+    if ranges:
+        for pop in program.populations:
+            if not isinstance(pop, InputPop):
+                check_ranges(program, pop.name)
+
+
+def _check_layout(proj: Projection):
+    w = proj.weight
+    fin, fout = int(np.prod(proj.in_shape)), int(np.prod(proj.out_shape))
+    if proj.kind == "conv":
+        a = proj.attrs
+        if w.ndim != 4 or len(proj.in_shape) != 3 or len(proj.out_shape) != 3:
+            raise IRError(f"projection {proj.name!r}: conv needs a 4-D weight and (C, H, W) shapes")
+        g = a.get("groups", 1)
+        if w.shape[1] * g != proj.in_shape[0] or w.shape[0] != proj.out_shape[0] or w.shape[0] % g:
+            raise IRError(f"projection {proj.name!r}: weight {w.shape} with groups={g} does not map "
+                          f"{proj.in_shape} to {proj.out_shape}")
+        hw = conv_output_hw(proj.in_shape[1:], w.shape[2:], a["strides"], a["pads"], a["dilations"])
+        if tuple(hw) != tuple(proj.out_shape[1:]):
+            raise IRError(f"projection {proj.name!r}: conv output {hw} != {proj.out_shape[1:]}")
+    elif w.shape != (fout, fin):
+        raise IRError(f"projection {proj.name!r}: {proj.kind} weight {w.shape} != ({fout}, {fin})")

@@ -1,0 +1,102 @@
+"""Hand-built ONNX models (onnx.helper) for the tests; random weights, seeded."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+class GraphBuilder:
+    """Tiny helper: add nodes with initializers, then ``model()``."""
+
+    def __init__(self, input_shape, seed=0, batch="N", opset=13):
+        self.rng = np.random.default_rng(seed)
+        self.nodes, self.inits = [], []
+        self.input_shape = tuple(input_shape)
+        self.batch = batch
+        self.opset = opset
+        self.n = 0
+
+    def _name(self, prefix):
+        self.n += 1
+        return f"{prefix}{self.n}"
+
+    def init(self, arr, prefix="w"):
+        name = self._name(prefix)
+        self.inits.append(numpy_helper.from_array(np.asarray(arr), name))
+        return name
+
+    def node(self, op, inputs, **attrs):
+        out = self._name(op.lower() + "_")
+        self.nodes.append(helper.make_node(op, list(inputs), [out], name=self._name(op), **attrs))
+        return out
+
+    def conv(self, x, cin, cout, k=3, stride=1, pad=1, groups=1, bias=True, scale=None):
+        fan = cin // groups * k * k
+        w = self.rng.normal(0, scale or np.sqrt(2.0 / fan), (cout, cin // groups, k, k)).astype(np.float32)
+        ins = [x, self.init(w)]
+        if bias:
+            ins.append(self.init(self.rng.normal(0, 0.1, cout).astype(np.float32), "b"))
+        return self.node("Conv", ins, kernel_shape=[k, k], strides=[stride, stride],
+                         pads=[pad] * 4, group=groups)
+
+    def bn(self, x, c):
+        r = self.rng
+        return self.node("BatchNormalization", [
+            x, self.init(r.uniform(0.5, 1.5, c).astype(np.float32)),
+            self.init(r.normal(0, 0.1, c).astype(np.float32)),
+            self.init(r.normal(0, 0.1, c).astype(np.float32)),
+            self.init(r.uniform(0.5, 1.5, c).astype(np.float32))], epsilon=1e-5)
+
+    def gemm(self, x, fin, fout):
+        w = self.rng.normal(0, np.sqrt(2.0 / fin), (fout, fin)).astype(np.float32)
+        b = self.rng.normal(0, 0.1, fout).astype(np.float32)
+        return self.node("Gemm", [x, self.init(w), self.init(b, "b")], transB=1)
+
+    def relu(self, x):
+        return self.node("Relu", [x])
+
+    def model(self, out, out_dim) -> onnx.ModelProto:
+        inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, [self.batch, *self.input_shape])
+        o = helper.make_tensor_value_info(out, TensorProto.FLOAT, [self.batch, out_dim])
+        g = helper.make_graph(self.nodes, "test", [inp], [o], initializer=self.inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)])
+        m.ir_version = 8
+        onnx.checker.check_model(m)
+        return m
+
+
+def small_cnn(seed=0, residual=True, pool="gap"):
+    """Conv-BN-ReLU, (residual block), pooling, Gemm, Softmax on 1x12x12 inputs."""
+    b = GraphBuilder((1, 12, 12), seed)
+    h = b.relu(b.bn(b.conv("x", 1, 4), 4))
+    if residual:
+        r = b.relu(b.bn(b.conv(h, 4, 4), 4))
+        r = b.bn(b.conv(r, 4, 4), 4)
+        h = b.relu(b.node("Add", [h, r]))
+    if pool == "gap":
+        h = b.node("GlobalAveragePool", [h])
+        h = b.node("Flatten", [h], axis=1)
+        h = b.gemm(h, 4, 5)
+    else:
+        h = b.node("AveragePool", [h], kernel_shape=[2, 2], strides=[2, 2])
+        h = b.node("Flatten", [h], axis=1)
+        h = b.gemm(h, 4 * 6 * 6, 5)
+    h = b.node("Softmax", [h], axis=1)
+    return b.model(h, 5)
+
+
+def mlp(sizes=(20, 16, 12, 4), seed=0):
+    b = GraphBuilder((sizes[0],), seed)
+    h = "x"
+    for i, (a, c) in enumerate(zip(sizes[:-1], sizes[1:])):
+        h = b.gemm(h, a, c)
+        if i < len(sizes) - 2:
+            h = b.relu(h)
+    return b.model(h, sizes[-1])
+
+
+def save(model, path):
+    onnx.save(model, str(path))
+    return str(path)
