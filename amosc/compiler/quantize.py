@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import RangeError
-from ..ir.nodes import (ACC_LIMIT, BIAS_LIMIT, Code, GatePop, InputPop, Program, Projection,
+from ..ir.nodes import (ACC_LIMIT, BIAS_LIMIT, ENABLE, Code, GatePop, InputPop, Program, Projection,
                         ReadoutPop)
 from ..ir.verify import check_ranges
 from . import linear as L
@@ -121,9 +121,9 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
         syn = float(np.max(np.maximum(pos, -neg))) if pos.size else 0.0
         bmax = float(np.abs(bias).max()) if bias.size else 0.0
         inh = maxcode if gate else 0
-        # units: u = scale / theta;  need (syn + bmax) / u + inh * theta <= LIMIT
+        # units: u = scale / theta;  need (syn + bmax) / u + inh * theta + ENABLE <= LIMIT
         if gate:
-            cap = MARGIN * ACC_LIMIT / ((syn + bmax) / scale + inh)
+            cap = (MARGIN * ACC_LIMIT - ENABLE) / ((syn + bmax) / scale + inh)
             if bmax > 0:
                 cap = min(cap, MARGIN * BIAS_LIMIT * scale / bmax)
             theta = int(math.floor(cap))

@@ -22,8 +22,12 @@ from ..errors import IRError
 #: 24-bit register and synaptic input is left-shifted by 6 for MSB alignment, so
 #: 18 signed bits remain for the sum of weights times spikes (docs/ir.md#ranges).
 ACC_LIMIT = 2**17 - 1
-#: Largest |bias|: Loihi's 13-bit signed bias mantissa at exponent 6 (one unit).
-BIAS_LIMIT = 4095
+#: A unit's bias is *gated*: it acts only at the unit's evaluation step. On Loihi the
+#: unit holds the constant bias ``b - ENABLE`` (negative, so an idle unit never fires)
+#: and a per-input enable spike of weight ENABLE arrives with its synaptic input.
+ENABLE = 2048
+#: Largest |bias|, so that b - ENABLE fits Loihi's 13-bit signed bias mantissa.
+BIAS_LIMIT = 2047
 #: Weight mantissas are 8-bit signed.
 WEIGHT_MIN, WEIGHT_MAX = -128, 127
 #: Largest threshold: Loihi's 17-bit unsigned vth (compared after the same << 6).

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import IRError, RangeError
-from .nodes import ACC_LIMIT, GatePop, InputPop, Program, Projection, ReadoutPop
+from .nodes import ACC_LIMIT, ENABLE, GatePop, InputPop, Program, Projection, ReadoutPop
 from .semantics import conv_output_hw, plane_weights
 
 
@@ -55,8 +55,10 @@ def check_ranges(program: Program, name: str) -> dict:
     pop = program.pop(name)
     lo, hi = input_bounds(program, name)
     inh = inhibition_max(pop)
+    enable = ENABLE if isinstance(pop, GatePop) else 0
     b = pop.bias.astype(np.int64)
-    worst_hi = int(max(hi.max(), (hi + b).max()))
+    # per-step input a = syn - inhibition + enable; membrane v = a + b - enable
+    worst_hi = int(max((hi + enable).max(), (hi + b).max()))
     worst_lo = int(min((lo - inh).min(), (lo + b - inh).min()))
     if worst_hi > ACC_LIMIT or worst_lo < -ACC_LIMIT:
         raise RangeError(
