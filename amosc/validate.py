@@ -1,0 +1,124 @@
+"""``validate``: a compiled program against onnxruntime on the float model.
+
+The output logits and spike counts come from the chosen backend; the per-layer
+errors come from the IR's integer evaluation (level 1), which every backend is
+tested to equal integer for integer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .api import run_program
+from .compiler.calibrate import OnnxRunner, check_input_array
+from .compiler.importer import graph_input, load_model, normalize
+from .ir.nodes import GatePop
+from .ir.semantics import decode, evaluate
+from .ir.text import unit_count
+
+CHUNK = 128
+
+
+@dataclass
+class LayerRow:
+    name: str
+    op: str
+    neurons: int
+    spikes_per_input: float
+    rel_error: float
+
+
+@dataclass
+class Report:
+    n: int
+    backend: str
+    agreement: float
+    min_agreement: float
+    logits_max_err: float    # max |snn - onnx| / range(onnx logits)
+    logits_mean_err: float
+    latency: int
+    accuracy_onnx: float | None = None
+    accuracy_snn: float | None = None
+    spikes_per_input: float = 0.0
+    layers: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.agreement >= self.min_agreement
+
+    def render(self) -> str:
+        out = [f"validated {self.n} inputs on backend '{self.backend}' against onnxruntime"]
+        out += [f"warning: {w}" for w in self.warnings]
+        out.append(f"top-1 agreement      {self.agreement * 100:.2f}%  (min {self.min_agreement * 100:.2f}%)")
+        if self.accuracy_onnx is not None:
+            out.append(f"accuracy  onnx       {self.accuracy_onnx * 100:.2f}%")
+            out.append(f"accuracy  snn        {self.accuracy_snn * 100:.2f}%  "
+                       f"(drop {(self.accuracy_onnx - self.accuracy_snn) * 100:+.2f} pt)")
+        out.append(f"logits error / range max {self.logits_max_err:.4f}  mean {self.logits_mean_err:.4f}")
+        out.append(f"latency {self.latency} steps   spikes per input {self.spikes_per_input:.0f}")
+        out.append("")
+        out.append(f"{'layer':<32} {'op':<10} {'neurons':>9} {'spikes/input':>13} {'rel.err':>8}")
+        for r in self.layers:
+            out.append(f"{r.name[:32]:<32} {r.op:<10} {r.neurons:>9} {r.spikes_per_input:>13.1f} "
+                       f"{r.rel_error:>8.4f}")
+        out.append("")
+        out.append("PASS" if self.passed else
+                   f"FAIL: agreement {self.agreement * 100:.2f}% < {self.min_agreement * 100:.2f}%")
+        return "\n".join(out) + "\n"
+
+
+def validate(program, onnx_path, x, labels=None, backend: str = "reference",
+             min_agreement: float = 0.99) -> Report:
+    x = check_input_array(x, program.input_pop.shape, "input")
+    n = x.shape[0]
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (n,) or labels.dtype.kind not in "iu":
+            from .errors import CalibrationError
+            raise CalibrationError(f"labels must be integers shaped ({n},), got {labels.dtype} {labels.shape}")
+    model, data = load_model(onnx_path)
+    path = str(onnx_path)
+    warnings = []
+    import hashlib
+    if program.provenance.get("sha256") not in (None, hashlib.sha256(data).hexdigest()):
+        warnings.append(f"{path} is not the model this program was compiled from (sha256 differs)")
+    model = normalize(model, path)
+    name, _, fixed = graph_input(model, path)
+    gates = [p for p in program.populations if isinstance(p, GatePop)]
+    tensors = [program.output_pop.tensor] + [g.tensor for g in gates]
+    runner = OnnxRunner(model, name, fixed, tensors)
+    ref = runner.collect(x, tensors, desc="onnxruntime")
+
+    result = run_program(program, x, backend=backend)
+    # per-layer decoded outputs from the integer evaluation, in chunks
+    sq_err = {g.name: 0.0 for g in gates}
+    sq_ref = {g.name: 0.0 for g in gates}
+    for i in range(0, n, CHUNK):
+        vals = evaluate(program, x[i:i + CHUNK])
+        for g in gates:
+            d = decode(g, vals[g.name]) - ref[g.tensor][i:i + CHUNK]
+            sq_err[g.name] += float((d ** 2).sum())
+            sq_ref[g.name] += float((ref[g.tensor][i:i + CHUNK] ** 2).sum())
+    ref_logits = ref[program.output_pop.tensor]
+    rng = float(ref_logits.max() - ref_logits.min()) or 1.0
+    err = np.abs(result.logits - ref_logits)
+    rep = Report(n=n, backend=backend,
+                 agreement=float((result.logits.argmax(1) == ref_logits.argmax(1)).mean()),
+                 min_agreement=min_agreement, logits_max_err=float(err.max()) / rng,
+                 logits_mean_err=float(err.mean()) / rng, latency=result.latency,
+                 spikes_per_input=float(sum(v.sum() for v in result.spikes.values())) / n,
+                 warnings=warnings)
+    if labels is not None:
+        rep.accuracy_onnx = float((ref_logits.argmax(1) == labels).mean())
+        rep.accuracy_snn = float((result.logits.argmax(1) == labels).mean())
+    for pop in program.populations:
+        if pop.name not in result.spikes:
+            continue
+        rel = float(np.sqrt(sq_err[pop.name] / sq_ref[pop.name])) if sq_ref.get(pop.name) else float("nan")
+        op = pop.activation if isinstance(pop, GatePop) else "input"
+        rep.layers.append(LayerRow(pop.name, op, unit_count(pop),
+                                   float(result.spikes[pop.name].mean()), rel))
+    return rep
