@@ -49,9 +49,9 @@ class GraphBuilder:
             self.init(r.normal(0, 0.1, c).astype(np.float32)),
             self.init(r.uniform(0.5, 1.5, c).astype(np.float32))], epsilon=1e-5)
 
-    def gemm(self, x, fin, fout):
-        w = self.rng.normal(0, np.sqrt(2.0 / fin), (fout, fin)).astype(np.float32)
-        b = self.rng.normal(0, 0.1, fout).astype(np.float32)
+    def gemm(self, x, fin, fout, gain=1.0, bias=0.1):
+        w = self.rng.normal(0, gain * np.sqrt(2.0 / fin), (fout, fin)).astype(np.float32)
+        b = self.rng.normal(0, bias, fout).astype(np.float32)
         return self.node("Gemm", [x, self.init(w), self.init(b, "b")], transB=1)
 
     def relu(self, x):
@@ -78,11 +78,11 @@ def small_cnn(seed=0, residual=True, pool="gap"):
     if pool == "gap":
         h = b.node("GlobalAveragePool", [h])
         h = b.node("Flatten", [h], axis=1)
-        h = b.gemm(h, 4, 5)
+        h = b.gemm(h, 4, 5, gain=8.0, bias=0.0)
     else:
         h = b.node("AveragePool", [h], kernel_shape=[2, 2], strides=[2, 2])
         h = b.node("Flatten", [h], axis=1)
-        h = b.gemm(h, 4 * 6 * 6, 5)
+        h = b.gemm(h, 4 * 6 * 6, 5, gain=3.0, bias=0.0)
     h = b.node("Softmax", [h], axis=1)
     return b.model(h, 5)
 

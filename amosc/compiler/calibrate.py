@@ -69,7 +69,11 @@ class OnnxRunner:
         for i in progress(range(0, x.shape[0], self.batch), desc=desc,
                           total=-(-x.shape[0] // self.batch)):
             xb = x[i:i + self.batch].astype(np.float32)
-            outs = self.sess.run(list(tensors), {self.input_name: xb})
+            try:
+                outs = self.sess.run(list(tensors), {self.input_name: xb})
+            except Exception as exc:
+                raise CalibrationError(f"onnxruntime failed on inputs {i}..{i + xb.shape[0] - 1} "
+                                       f"of shape {xb.shape}: {str(exc).splitlines()[0]}") from None
             yield slice(i, i + xb.shape[0]), dict(zip(tensors, outs))
 
     def collect(self, x, tensors, desc="onnxruntime") -> dict:

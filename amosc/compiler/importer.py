@@ -448,3 +448,24 @@ def import_model(path) -> FloatGraph:
         raise ModelError(f"{path}: output {g.output_name!r} must be (N, classes), got per-sample shape "
                          f"{g.readout.shape}")
     return g
+
+
+def float_eval(fg: FloatGraph, x: np.ndarray) -> dict:
+    """Evaluate the imported graph in float64 (gate outputs and the readout).
+
+    This is the ANN as amosc understood it, before any quantization: the tests
+    check it against onnxruntime to isolate importer bugs from quantization error.
+    """
+    vals = {"input": np.asarray(x, np.float64)}
+
+    def expr_value(e: Expr):
+        y = np.broadcast_to(e.bias, (x.shape[0], *e.shape)).copy()
+        for src, m in e.maps.items():
+            y += m.apply(vals[src])
+        return y
+
+    for g in fg.gates:
+        y = np.maximum(expr_value(g.expr), 0)
+        vals[g.name] = y if g.upper is None else np.minimum(y, g.upper)
+    vals["output"] = expr_value(fg.readout)
+    return vals

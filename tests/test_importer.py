@@ -1,0 +1,209 @@
+"""The importer reproduces onnxruntime in float for every supported op and exporter quirk."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from amosc.compiler.calibrate import OnnxRunner
+from amosc.compiler.importer import SUPPORTED_OPS, float_eval, import_model
+from amosc.errors import ModelError
+from conftest import uniform_inputs
+from onnx_builders import GraphBuilder, mlp, save, small_cnn
+
+
+def assert_float_match(model, tmp_path, shape, lo=-1.0, n=16):
+    path = save(model, tmp_path / "m.onnx")
+    fg = import_model(path)
+    x = uniform_inputs(shape, n, lo=lo)
+    ours = float_eval(fg, x)["output"]
+    ref = OnnxRunner(model, fg.input_name, fg.batch_fixed, [fg.readout_tensor]).collect(
+        x, [fg.readout_tensor])[fg.readout_tensor]
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
+    return fg
+
+
+def _head(b, h, c, hw, classes=3):
+    h = b.node("Flatten", [h], axis=1)
+    return b.model(b.gemm(h, c * hw, classes), classes)
+
+
+@pytest.mark.parametrize("stride,pad,groups,dil", [(1, 1, 1, 1), (2, 0, 1, 1), (2, 1, 2, 1),
+                                                    (1, 2, 4, 2), (1, 0, 1, 1)])
+def test_conv_attributes_match_onnxruntime(tmp_path, stride, pad, groups, dil):
+    b = GraphBuilder((4, 9, 9))
+    w = b.init(b.rng.normal(0, 0.3, (4, 4 // groups, 3, 3)).astype(np.float32))
+    h = b.node("Conv", ["x", w], kernel_shape=[3, 3], strides=[stride] * 2, pads=[pad] * 4,
+               group=groups, dilations=[dil] * 2)
+    h = b.relu(h)
+    ho = (9 + 2 * pad - dil * 2 - 1) // stride + 1
+    assert_float_match(_head(b, h, 4, ho * ho), tmp_path, (4, 9, 9))
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+def test_conv_auto_pad(tmp_path, auto_pad):
+    b = GraphBuilder((2, 8, 8))
+    w = b.init(b.rng.normal(0, 0.3, (3, 2, 4, 4)).astype(np.float32))
+    h = b.relu(b.node("Conv", ["x", w], kernel_shape=[4, 4], strides=[2, 2], auto_pad=auto_pad))
+    hw = 16 if auto_pad != "VALID" else 9
+    assert_float_match(_head(b, h, 3, hw), tmp_path, (2, 8, 8))
+
+
+def test_batchnorm_avgpool_gap_residual_softmax(tmp_path):
+    fg = assert_float_match(small_cnn(), tmp_path, (1, 12, 12))
+    assert fg.softmax == "Softmax" and len(fg.gates) == 3
+    assert_float_match(small_cnn(pool="avg", seed=3), tmp_path, (1, 12, 12))
+
+
+def test_avgpool_excluding_pads(tmp_path):
+    b = GraphBuilder((2, 7, 7))
+    h = b.relu(b.conv("x", 2, 2))
+    h = b.node("AveragePool", [h], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+               count_include_pad=0)
+    assert_float_match(_head(b, b.relu(h), 2, 16), tmp_path, (2, 7, 7))
+
+
+def test_gemm_alpha_beta_and_matmul_add(tmp_path):
+    b = GraphBuilder((6,))
+    w = b.init(b.rng.normal(0, 0.5, (6, 5)).astype(np.float32))
+    c = b.init(b.rng.normal(0, 0.5, (5,)).astype(np.float32))
+    h = b.relu(b.node("Gemm", ["x", w, c], alpha=0.5, beta=2.0))
+    w2 = b.init(b.rng.normal(0, 0.5, (5, 3)).astype(np.float32))
+    h = b.node("MatMul", [h, w2])
+    h = b.node("Add", [h, b.init(np.array([0.1, -0.2, 0.3], np.float32))])
+    assert_float_match(b.model(h, 3), tmp_path, (6,))
+
+
+def test_relu6_clip_sub_mul_div_reshape_transpose(tmp_path):
+    b = GraphBuilder((2, 4, 4))
+    h = b.conv("x", 2, 3)
+    h = b.node("Clip", [h, b.init(np.array(0, np.float32)), b.init(np.array(6, np.float32))])
+    h = b.node("Mul", [h, b.init(np.array([[[0.5]], [[2.0]], [[1.5]]], np.float32))])
+    h = b.node("Sub", [h, b.init(np.array(0.25, np.float32))])
+    h = b.node("Div", [h, b.init(np.array(2.0, np.float32))])
+    h = b.node("Transpose", [h], perm=[0, 2, 3, 1])
+    h = b.node("Reshape", [h, b.init(np.array([-1, 48], np.int64))])
+    h = b.relu(h)
+    assert_float_match(b.model(b.gemm(h, 48, 4), 4), tmp_path, (2, 4, 4))
+
+
+def test_clip_is_a_bounded_gate(tmp_path):
+    b = GraphBuilder((3,), opset=13)
+    h = b.node("Clip", [b.gemm("x", 3, 4), b.init(np.array(0, np.float32)), b.init(np.array(1.5, np.float32))])
+    path = save(b.model(b.gemm(h, 4, 2), 2), tmp_path / "m.onnx")
+    g = import_model(path).gates
+    assert [(x.upper, x.activation) for x in g] == [(1.5, "relu1.5")]
+
+
+@pytest.mark.parametrize("opset", [9, 11, 13, 17, 21])
+def test_opsets_are_normalized(tmp_path, opset):
+    b = GraphBuilder((1, 8, 8), opset=opset)
+    h = b.node("BatchNormalization", [b.conv("x", 1, 2)] + [
+        b.init(np.ones(2, np.float32)), b.init(np.zeros(2, np.float32)),
+        b.init(np.zeros(2, np.float32)), b.init(np.ones(2, np.float32))])
+    if opset < 11:
+        h = b.node("Clip", [h], min=0.0, max=6.0)
+    else:
+        h = b.node("Clip", [h, b.init(np.array(0, np.float32)), b.init(np.array(6, np.float32))])
+    h = b.node("GlobalAveragePool", [h])
+    h = b.node("Flatten", [h], axis=1)
+    assert_float_match(b.model(b.gemm(h, 2, 3), 3), tmp_path, (1, 8, 8))
+
+
+def test_exporter_quirks_constants_identities_initializer_inputs_fixed_batch(tmp_path):
+    """Constant-node weights, ConstantOfShape biases, Identity chains, initializers also
+    listed as graph inputs, a fixed batch of 1 and a Shape->Gather->Concat->Reshape flatten."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.5, (3, 1, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(w)),
+        helper.make_node("Identity", ["w"], ["w1"]),
+        helper.make_node("Identity", ["w1"], ["w2"]),
+        helper.make_node("ConstantOfShape", ["bshape"], ["b"],
+                         value=numpy_helper.from_array(np.array([0.1], np.float32))),
+        helper.make_node("Conv", ["x", "w2", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Shape", ["r"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes"], ["n1"]),
+        helper.make_node("Concat", ["n1", "minus1"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["r", "shape"], ["f"]),
+        helper.make_node("Gemm", ["f", "g", "gb"], ["y"], transB=1),
+    ]
+    inits = [numpy_helper.from_array(np.array([3], np.int64), "bshape"),
+             numpy_helper.from_array(np.array(0, np.int64), "zero"),
+             numpy_helper.from_array(np.array([0], np.int64), "axes"),
+             numpy_helper.from_array(np.array([-1], np.int64), "minus1"),
+             numpy_helper.from_array(rng.normal(0, 0.2, (4, 48)).astype(np.float32), "g"),
+             numpy_helper.from_array(rng.normal(0, 0.2, (4,)).astype(np.float32), "gb")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])] + [
+        helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in inits]
+    g = helper.make_graph(nodes, "quirks", inputs,
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    fg = assert_float_match(m, tmp_path, (1, 4, 4))
+    assert fg.batch_fixed and fg.input_shape == (1, 4, 4)
+
+
+def test_mlp_without_softmax(tmp_path):
+    fg = assert_float_match(mlp(), tmp_path, (20,))
+    assert fg.softmax is None
+
+
+def test_unsupported_op_names_node_op_and_supported_list(tmp_path):
+    b = GraphBuilder((4,))
+    h = b.node("Tanh", [b.gemm("x", 4, 4)])
+    path = save(b.model(b.gemm(h, 4, 2), 2), tmp_path / "m.onnx")
+    with pytest.raises(ModelError) as e:
+        import_model(path)
+    msg = str(e.value)
+    import re
+    assert re.search(r"m\.onnx: node 'Tanh\d+' \(Tanh\): unsupported op type 'Tanh'", msg), msg
+    assert all(op in msg for op in ("Conv", "Relu", "Gemm"))
+    assert "Tanh" not in SUPPORTED_OPS
+
+
+def test_softmax_in_the_middle_is_rejected(tmp_path):
+    b = GraphBuilder((4,))
+    h = b.node("Softmax", [b.gemm("x", 4, 4)], axis=1)
+    path = save(b.model(b.gemm(h, 4, 2), 2), tmp_path / "m.onnx")
+    with pytest.raises(ModelError, match="only as the final op"):
+        import_model(path)
+
+
+def test_dynamic_non_batch_dimension_is_rejected(tmp_path):
+    m = mlp()
+    m.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "F"
+    path = tmp_path / "m.onnx"
+    onnx.save(m, str(path))
+    with pytest.raises(ModelError, match="dimension 1 is dynamic"):
+        import_model(path)
+
+
+def test_nan_weights_are_rejected(tmp_path):
+    m = mlp()
+    arr = numpy_helper.to_array(m.graph.initializer[0]).copy()
+    arr.flat[3] = np.nan
+    m.graph.initializer[0].CopyFrom(numpy_helper.from_array(arr, m.graph.initializer[0].name))
+    path = tmp_path / "m.onnx"
+    onnx.save(m, str(path))
+    with pytest.raises(ModelError, match="NaN or Inf"):
+        import_model(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"not an onnx model at all", None])
+def test_unreadable_models(tmp_path, content):
+    path = tmp_path / "bad.onnx"
+    if content is None:  # truncated real model
+        save(mlp(), path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ModelError, match="bad.onnx"):
+        import_model(path)
+
+
+def test_missing_model(tmp_path):
+    with pytest.raises(ModelError, match="no such file"):
+        import_model(tmp_path / "nope.onnx")
