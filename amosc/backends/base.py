@@ -70,7 +70,9 @@ def backend_names() -> list[str]:
     return sorted(names)
 
 
-_BUILTIN = {"reference": "amosc.backends.reference:ReferenceBackend"}
+_BUILTIN = {"reference": "amosc.backends.reference:ReferenceBackend",
+            "lava": "amosc.backends.lava:LavaBackend",
+            "lava-loihi": "amosc.backends.lava:LavaLoihiBackend"}
 
 
 def get_backend(name: str) -> Backend:

@@ -8,6 +8,10 @@ level-1 evaluation in :mod:`amosc.ir.semantics` and spike for spike with Lava.
 Inputs are assigned to *lanes* (independent copies of the network, vectorized
 with numpy) and, within a lane, enter every ``interval`` steps (pipelining).
 ``interval=0`` gives every input its own lane, all starting at step 0.
+
+:class:`Schedule`, :class:`UnitsState` and :class:`SynapseState` hold the
+per-population dynamics; the Lava ``fast`` style runs the very same classes
+inside its process models, one population per Lava process.
 """
 
 from __future__ import annotations
@@ -20,32 +24,16 @@ from ..progress import progress
 from .base import Backend, RunResult
 
 DEFAULT_LANES = 128
+HISTORY = 64  # steps of arrivals/spikes kept (> 2K, the longest look-back)
 
 
-class _Sim:
-    def __init__(self, program: Program, codes: np.ndarray, lanes: int, interval: int, record: bool):
-        self.p = program
-        n = codes.shape[0]
+class Schedule:
+    """Which input (slot) a lane holds at each step: slot s enters at s * interval."""
+
+    def __init__(self, n: int, lanes: int, interval: int):
         self.n, self.lanes, self.interval = n, lanes, max(interval, 1)
         self.slots = -(-n // lanes)
-        pad = self.slots * lanes - n
-        shape = program.input_pop.shape
-        self.codes = np.concatenate([codes, np.zeros((pad, *shape), codes.dtype)]).reshape(
-            self.slots, lanes, *shape)
-        self.planes = bit_planes(self.codes, program.input_pop.bits)  # (K, slots, lanes, ...)
         self.enabled = (np.arange(self.slots * lanes) < n).reshape(self.slots, lanes)
-        self.record = record
-        self.acc = {pop.name: {} for pop in program.populations}      # arrival step -> array
-        self.hist = {pop.name: {} for pop in program.populations}     # step -> (K, lanes, ...)
-        self.counts = {pop.name: np.zeros((self.slots, lanes), np.int64)
-                       for pop in program.populations if not isinstance(pop, ReadoutPop)}
-        self.rasters = {pop.name: np.zeros((self.slots, lanes, pop.code.bits, *pop.shape), np.uint8)
-                        for pop in program.populations if record and not isinstance(pop, ReadoutPop)}
-        self.output = np.zeros((self.slots, lanes, *program.output_pop.shape), np.int64)
-        self.spurious = 0
-        self.out_proj = {pop.name: [pr for pr in program.projections if pr.source == pop.name]
-                         for pop in program.populations}
-        self.weights = {}  # (projection, d) -> plane weights
 
     def slot_at(self, t0: int):
         """The slot whose inputs entered at step t0, or None."""
@@ -54,92 +42,152 @@ class _Sim:
         s = t0 // self.interval
         return s if s < self.slots else None
 
-    def step(self, t: int):
-        for pop in self.p.populations:
-            if isinstance(pop, InputPop):
-                z = self.input_spikes(pop, t)
-            elif isinstance(pop, GatePop):
-                z = self.gate_spikes(pop, t)
-            else:
-                self.readout(pop, t)
-                continue
-            if z is not None:
-                self.deliver(pop, z, t)
-        for store in (*self.acc.values(), *self.hist.values()):
-            for key in [k for k in store if k < t - 64]:
+    @property
+    def steps_before_last(self) -> int:
+        return (self.slots - 1) * self.interval
+
+
+class SynapseState:
+    """A projection's synapses with their delays: spikes of the source at step t
+    become arrivals at the target's copy-0 input at t + 1 + d_j."""
+
+    def __init__(self, proj, src, tgt):
+        self.proj, self.code = proj, src.code
+        self.offsets = [tgt.start - src.start - j for j in range(src.code.bits)]  # 1 + d_j
+        self.weights = [plane_weights(proj, d) for d in src.code.weights]
+
+    def deliver(self, z: np.ndarray, t: int, arrive) -> None:
+        """z (K, lanes, *in_shape) spikes at step t; calls arrive(step, y) per active plane."""
+        for j in range(self.code.bits):
+            if z[j].any():
+                y = linear(self.proj.kind, self.weights[j], self.proj.attrs, z[j], self.proj.out_shape)
+                arrive(t + self.offsets[j], np.rint(y).astype(np.int64))
+
+
+class UnitsState:
+    """The K memoryless AMOS units of a gate population (or a readout's accumulators).
+
+    Unit k at step t sees copy-0 arrivals of step t - k (its synapses are delayed k
+    more), minus inhibition from units j < k of the same input, plus its bias,
+    which is gated: without the enable of a scheduled input it holds b - ENABLE.
+    """
+
+    def __init__(self, pop, lanes: int, schedule: Schedule):
+        self.pop, self.lanes, self.sched = pop, lanes, schedule
+        self.acc: dict[int, np.ndarray] = {}
+        self.hist: dict[int, np.ndarray] = {}
+        self.bias = pop.bias.astype(np.int64)
+        self.spurious = 0
+
+    def arrive(self, t: int, y: np.ndarray) -> None:
+        if t in self.acc:
+            self.acc[t] = self.acc[t] + y
+        else:
+            self.acc[t] = y
+
+    def forget(self, t: int) -> None:
+        for store in (self.acc, self.hist):
+            for key in [k for k in store if k < t - HISTORY]:
                 del store[key]
 
-    def input_spikes(self, pop: InputPop, t: int):
-        z = np.zeros((pop.bits, self.lanes, *pop.shape), np.uint8)
-        for k in range(pop.bits):
-            s = self.slot_at(t - pop.start - k)
-            if s is not None:
-                z[k] = self.planes[k, s]
-                self.note(pop, s, k, z[k])
-        return z if z.any() else None
+    def readout(self, t: int):
+        """(slot, y) when a scheduled input's output is read at step t, else None."""
+        s = self.sched.slot_at(t - self.pop.start)
+        if s is None:
+            return None
+        a = self.acc.get(t)
+        return s, self.bias + (0 if a is None else a)
 
-    def gate_spikes(self, pop: GatePop, t: int):
-        code = pop.code
-        hist = self.hist[pop.name]
-        z = np.zeros((code.bits, self.lanes, *pop.shape), np.uint8)
-        bias = pop.bias.astype(np.int64)
+    def step(self, t: int, note=None):
+        """Spikes (K, lanes, *shape) of step t, or None when silent. ``note(slot, k, z_k)``
+        is called for every unit evaluated for a scheduled input."""
+        code, shape = self.pop.code, self.pop.shape
+        z = None
         for k in range(code.bits):
-            a = self.acc[pop.name].get(t - k)
+            a = self.acc.get(t - k)
             inh = 0
             for j in range(k):  # inhibition from unit j, fired at t - k + j
-                hj = hist.get(t - k + j)
+                hj = self.hist.get(t - k + j)
                 if hj is not None:
                     inh = inh + code.resets[j] * hj[j].astype(np.int64)
-            s = self.slot_at(t - pop.start - k)
+            s = self.sched.slot_at(t - self.pop.start - k)
             if s is None and a is None and np.isscalar(inh):
                 continue  # idle unit: v = b - ENABLE < 1, provably silent
-            en = self.enabled[s] if s is not None else np.zeros(self.lanes, bool)
-            en = en.reshape((self.lanes,) + (1,) * len(pop.shape))
-            v = (0 if a is None else a) - inh + bias - ENABLE * (~en)
-            z[k] = v >= code.thresholds[k]
+            en = self.sched.enabled[s] if s is not None else np.zeros(self.lanes, bool)
+            en = en.reshape((self.lanes,) + (1,) * len(shape))
+            zk = ((0 if a is None else a) - inh + self.bias - ENABLE * (~en)) >= code.thresholds[k]
             if s is None:
-                self.spurious += int(z[k].sum())
+                self.spurious += int(zk.sum())
+            elif note is not None:
+                note(s, k, zk)
+            if zk.any():
+                if z is None:
+                    z = np.zeros((code.bits, self.lanes, *shape), np.uint8)
+                z[k] = zk
+        if z is not None:
+            self.hist[t] = z
+        return z
+
+
+def input_spikes(pop: InputPop, planes: np.ndarray, sched: Schedule, t: int, note=None):
+    """Spikes (K, lanes, *shape) of the input encoder at step t from code planes
+    (K, slots, lanes, *shape), or None."""
+    z = None
+    for k in range(pop.bits):
+        s = sched.slot_at(t - pop.start - k)
+        if s is not None:
+            if note is not None:
+                note(s, k, planes[k, s])
+            if planes[k, s].any():
+                if z is None:
+                    z = np.zeros((pop.bits, sched.lanes, *pop.shape), np.uint8)
+                z[k] = planes[k, s]
+    return z
+
+
+class _Sim:
+    def __init__(self, program: Program, codes: np.ndarray, lanes: int, interval: int, record: bool):
+        self.p = program
+        self.sched = sched = Schedule(codes.shape[0], lanes, interval)
+        shape = program.input_pop.shape
+        pad = sched.slots * lanes - codes.shape[0]
+        codes = np.concatenate([codes, np.zeros((pad, *shape), codes.dtype)])
+        self.planes = bit_planes(codes.reshape(sched.slots, lanes, *shape), program.input_pop.bits)
+        self.units = {p.name: UnitsState(p, lanes, sched) for p in program.populations
+                      if not isinstance(p, InputPop)}
+        self.syn = {p.name: [SynapseState(pr, p, program.pop(pr.target))
+                             for pr in program.projections if pr.source == p.name]
+                    for p in program.populations}
+        self.counts = {p.name: np.zeros((sched.slots, lanes), np.int64)
+                       for p in program.populations if not isinstance(p, ReadoutPop)}
+        self.rasters = {p.name: np.zeros((sched.slots, lanes, p.code.bits, *p.shape), np.uint8)
+                        for p in program.populations if record and not isinstance(p, ReadoutPop)}
+        self.output = np.zeros((sched.slots, lanes, *program.output_pop.shape), np.int64)
+
+    def step(self, t: int):
+        for pop in self.p.populations:
+            def note(s, k, zk, name=pop.name):
+                self.counts[name][s] += zk.reshape(self.sched.lanes, -1).sum(1, dtype=np.int64)
+                if name in self.rasters:
+                    self.rasters[name][s, :, k] = zk
+
+            if isinstance(pop, InputPop):
+                z = input_spikes(pop, self.planes, self.sched, t, note)
+            elif isinstance(pop, GatePop):
+                z = self.units[pop.name].step(t, note)
             else:
-                self.note(pop, s, k, z[k])
-        if z.any():
-            hist[t] = z
-            return z
-        return None
-
-    def note(self, pop, slot, k, zk):
-        self.counts[pop.name][slot] += zk.reshape(self.lanes, -1).sum(1, dtype=np.int64)
-        if self.record:
-            self.rasters[pop.name][slot, :, k] = zk
-
-    def readout(self, pop: ReadoutPop, t: int):
-        s = self.slot_at(t - pop.start)
-        if s is None:
-            return
-        a = self.acc[pop.name].get(t)
-        self.output[s] = pop.bias.astype(np.int64) + (0 if a is None else a)
-
-    def deliver(self, src, z, t: int):
-        code = src.code
-        for proj in self.out_proj[src.name]:
-            tgt = self.p.pop(proj.target)
-            acc = self.acc[tgt.name]
-            for j in range(code.bits):
-                if not z[j].any():
-                    continue
-                key = (proj.name, code.weights[j])
-                if key not in self.weights:
-                    self.weights[key] = plane_weights(proj, code.weights[j])
-                y = linear(proj.kind, self.weights[key], proj.attrs, z[j], proj.out_shape)
-                # copy-0 delay: d_j = start(T) - start(S) - j - 1, arrival t + 1 + d_j
-                arrive = t + tgt.start - src.start - j
-                y = np.rint(y).astype(np.int64)
-                if arrive in acc:
-                    acc[arrive] += y
-                else:
-                    acc[arrive] = y
+                got = self.units[pop.name].readout(t)
+                if got is not None:
+                    self.output[got[0]] = got[1]
+                continue
+            if z is not None:
+                for syn in self.syn[pop.name]:
+                    syn.deliver(z, t, self.units[syn.proj.target].arrive)
+        for u in self.units.values():
+            u.forget(t)
 
     def run(self):
-        steps = (self.slots - 1) * self.interval + self.p.output_pop.start + 1
+        steps = self.sched.steps_before_last + self.p.latency
         for t in range(steps):
             self.step(t)
         return steps
@@ -174,7 +222,7 @@ def _run_chunk(program, codes, lanes, interval, record):
 
     return {"output": items(sim.output), "spikes": {k: items(v) for k, v in sim.counts.items()},
             "rasters": {k: items(v) for k, v in sim.rasters.items()}, "steps": steps,
-            "spurious": sim.spurious}
+            "spurious": sum(u.spurious for u in sim.units.values())}
 
 
 class ReferenceBackend(Backend):

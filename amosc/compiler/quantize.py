@@ -45,6 +45,15 @@ class Options:
             raise AmoscError(f"rounding must be 'round' or 'floor', got {self.rounding!r}")
 
 
+def mantissa_floor(v: int) -> int:
+    """The largest m * 2^x <= v with m < 128: an inhibition weight h_j = theta * 2^(K-1-j)
+    must be an 8-bit synaptic mantissa times a power of two."""
+    if v <= 127:
+        return v
+    x = v.bit_length() - 7
+    return (v >> x) << x
+
+
 def _mantissas(m: L.LinearMap, factor: float):
     """Quantize map*factor to int8 mantissas with one exponent; None when all zero."""
     if isinstance(m, L.Scale):
@@ -126,7 +135,7 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
             cap = (MARGIN * ACC_LIMIT - ENABLE) / ((syn + bmax) / scale + inh)
             if bmax > 0:
                 cap = min(cap, MARGIN * BIAS_LIMIT * scale / bmax)
-            theta = int(math.floor(cap))
+            theta = mantissa_floor(int(math.floor(cap)))
             if theta < 1:
                 raise RangeError(
                     f"layer {name!r}: its worst-case input ({syn + bmax:.4g}) is "
@@ -154,7 +163,7 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
                 return pop, ps
             except RangeError:
                 if gate and theta > 1:
-                    theta = max(1, int(theta * 0.9))
+                    theta = mantissa_floor(max(1, int(theta * 0.9)))
                 elif not gate:
                     theta *= 1.1
                 else:
