@@ -120,37 +120,70 @@ def run(program, inp, output, backend, interval, probabilities):
 
 @main.command()
 @click.argument("program", type=click.Path(dir_okay=False))
-@click.option("--onnx", "onnx_path", required=True, type=click.Path(dir_okay=False),
-              help="The float ONNX model the program was compiled from.")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False),
+              help="The float ONNX model: compare with onnxruntime (accuracy, agreement, per-layer error).")
 @click.option("--input", "-i", "inp", required=True, type=click.Path(dir_okay=False))
 @click.option("--labels", type=click.Path(dir_okay=False), help="Integer labels .npy (N,).")
 @_backend_option()
+@click.option("--interval", default=1, show_default=True, type=click.IntRange(1),
+              help="Steps between inputs when comparing a backend with the reference spike for spike.")
 @click.option("--min-agreement", default=0.99, show_default=True, type=click.FloatRange(0, 1),
               help="Fail (exit 1) when top-1 agreement with onnxruntime is below this.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
 @_errors
-def validate(program, onnx_path, inp, labels, backend, min_agreement, json_out):
-    """Compare PROGRAM on a backend with onnxruntime on the float model."""
+def validate(program, onnx_path, inp, labels, backend, interval, min_agreement, json_out):
+    """Check PROGRAM: against onnxruntime (--onnx) and, for a backend other than the
+    reference, against the reference simulator spike for spike. Exits 1 on failure."""
+    import dataclasses
+    import json
+    from .api import run_program
     from .compiler.calibrate import load_array
-    from .ir.serialize import load
-    from .validate import validate as run_validation
+    from .ir.serialize import atomic_write, load
+    from .validate import compare_spikes, validate as run_validation
+    if not onnx_path and backend == "reference":
+        raise AmoscError("nothing to validate: give --onnx MODEL, or a --backend other than 'reference' "
+                         "to compare it with the reference spike for spike")
     prog = load(program)
     x = load_array(inp, prog.input_pop.shape, "input")
     y = None
     if labels:
-        y = np.load(labels, allow_pickle=False) if os.path.isfile(labels) else None
-        if y is None:
+        if not os.path.isfile(labels):
             raise AmoscError(f"{labels}: no such file")
-    rep = run_validation(prog, onnx_path, x, labels=y, backend=backend, min_agreement=min_agreement)
-    click.echo(rep.render(), nl=False)
+        y = np.load(labels, allow_pickle=False)
+    report, ok = {}, True
+    result = None
+    if backend != "reference":
+        result = run_program(prog, x, backend=backend, record=True, interval=interval)
+        ref = run_program(prog, x, backend="reference", record=True, interval=interval)
+        spikes = compare_spikes(prog, result, ref, backend)
+        click.echo(spikes.render(), nl=False)
+        report["spikes"] = dataclasses.asdict(spikes)
+        ok &= spikes.equal
+    if onnx_path:
+        rep = run_validation(prog, onnx_path, x, labels=y, backend=backend, min_agreement=min_agreement,
+                             result=result)
+        click.echo(rep.render(), nl=False)
+        report["onnx"] = {**dataclasses.asdict(rep), "passed": rep.passed}
+        ok &= rep.passed
     if json_out:
-        import dataclasses
-        import json
-        from .ir.serialize import atomic_write
-        body = json.dumps({**dataclasses.asdict(rep), "passed": rep.passed}, indent=1).encode()
+        body = json.dumps({**report, "passed": ok}, indent=1).encode()
         atomic_write(json_out, lambda f: f.write(body))
-    if not rep.passed:
+    if not ok:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("program", type=click.Path(dir_okay=False))
+@click.option("--target", type=click.Choice(["lava"]), default="lava", show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Directory to create (must not exist or be empty).")
+@_errors
+def export(program, target, output):
+    """Export PROGRAM as a runnable program for TARGET (Lava: standard processes)."""
+    from .backends.lava.export import export_lava
+    from .ir.serialize import load
+    files = export_lava(load(program), output)
+    click.echo(f"wrote {output}/: {', '.join(files)}; run: python {output}/network.py --input x.npy -o logits.npy")
 
 
 @main.command()

@@ -70,8 +70,59 @@ class Report:
         return "\n".join(out) + "\n"
 
 
+@dataclass
+class SpikeReport:
+    """Backend versus reference, spike for spike and integer for integer."""
+    backend: str
+    n: int
+    equal: bool
+    spikes_compared: int
+    first_mismatch: dict | None = None
+    outputs_equal: bool = True
+
+    def render(self) -> str:
+        head = f"spike rasters: backend '{self.backend}' vs reference on {self.n} inputs, " \
+               f"{self.spikes_compared} unit-steps compared"
+        if self.equal:
+            return head + "\nEQUAL: every population's spikes and the readout integers match\n"
+        m = self.first_mismatch
+        if m is None:
+            return head + "\nMISMATCH: readout integers differ (spikes equal)\n"
+        return (head + f"\nMISMATCH: first at population {m['population']!r}, neuron {m['neuron']} "
+                f"(unit k={m['unit']}), input {m['input']}, time step {m['step']}: "
+                f"reference {m['reference']}, {self.backend} {m['backend']}\n")
+
+
+def compare_spikes(program, result, reference, backend: str) -> SpikeReport:
+    """Compare two RunResults recorded with rasters (same inputs, same interval)."""
+    interval = max(result.interval, 1)
+    first, compared = None, 0
+    n = result.output.shape[0]
+    for pop in program.populations:
+        if pop.name not in reference.rasters:
+            continue
+        a, b = reference.rasters[pop.name], result.rasters.get(pop.name)
+        if b is None or b.shape != a.shape:
+            first = first or {"population": pop.name, "neuron": -1, "unit": -1, "input": 0,
+                              "step": pop.start, "reference": "raster", "backend": "missing"}
+            continue
+        compared += a.size
+        diff = np.argwhere(a != b)
+        if diff.size:
+            steps = diff[:, 0] * interval + pop.start + diff[:, 1]
+            i = int(np.argmin(steps))
+            idx = tuple(diff[i])
+            cand = {"population": pop.name, "neuron": int(np.ravel_multi_index(idx[2:], pop.shape)),
+                    "unit": int(idx[1]), "input": int(idx[0]), "step": int(steps[i]),
+                    "reference": int(a[idx]), "backend": int(b[idx])}
+            if first is None or cand["step"] < first["step"]:
+                first = cand
+    outputs_equal = bool(np.array_equal(result.output, reference.output))
+    return SpikeReport(backend, n, first is None and outputs_equal, compared, first, outputs_equal)
+
+
 def validate(program, onnx_path, x, labels=None, backend: str = "reference",
-             min_agreement: float = 0.99) -> Report:
+             min_agreement: float = 0.99, result=None) -> Report:
     x = check_input_array(x, program.input_pop.shape, "input")
     n = x.shape[0]
     if labels is not None:
@@ -92,7 +143,8 @@ def validate(program, onnx_path, x, labels=None, backend: str = "reference",
     runner = OnnxRunner(model, name, fixed, tensors)
     ref = runner.collect(x, tensors, desc="onnxruntime")
 
-    result = run_program(program, x, backend=backend)
+    if result is None:
+        result = run_program(program, x, backend=backend)
     # per-layer decoded outputs from the integer evaluation, in chunks
     sq_err = {g.name: 0.0 for g in gates}
     sq_ref = {g.name: 0.0 for g in gates}

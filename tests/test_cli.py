@@ -56,7 +56,7 @@ def test_compile_inspect_run_validate(files):
     assert r.exit_code == 0, r.output
     assert "top-1 agreement" in r.output and "accuracy  snn" in r.output and "PASS" in r.output
     rep = json.loads((d / "rep.json").read_text())
-    assert rep["passed"] and len(rep["layers"]) == 4 and rep["n"] == 60
+    assert rep["passed"] and len(rep["onnx"]["layers"]) == 4 and rep["onnx"]["n"] == 60
 
 
 def test_pipelined_run_matches_batch_run(files):

@@ -17,9 +17,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import RangeError
-from ..ir.nodes import (ACC_LIMIT, BIAS_LIMIT, ENABLE, Code, GatePop, InputPop, Program, Projection,
+from ..ir.nodes import (ACC_LIMIT, BIAS_LIMIT, ENABLE, MAX_WEIGHT_SHIFT, WEIGHT_MAX, Code, GatePop, InputPop, Program, Projection,
                         ReadoutPop)
-from ..ir.verify import check_ranges
+from ..ir.verify import check_ranges, max_plane_shift
 from . import linear as L
 from .importer import FloatGraph
 
@@ -113,6 +113,7 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
     pops: list = [inp]
     projs: list = []
     value_step = {"input": inp.scale}     # float value of one code unit, per source
+    code_of = {"input": inp.code}
     zero_point = {"input": inp.zero_point}
 
     def build(name, expr, shape, scale, gate):
@@ -133,6 +134,8 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
         # units: u = scale / theta;  need (syn + bmax) / u + inh * theta + ENABLE <= LIMIT
         if gate:
             cap = (MARGIN * ACC_LIMIT - ENABLE) / ((syn + bmax) / scale + inh)
+            # the MSB unit's inhibition weight theta * 2^(K-1) is an 8-bit mantissa times 2^s
+            cap = min(cap, WEIGHT_MAX * 2**MAX_WEIGHT_SHIFT / 2 ** (K - 1))
             if bmax > 0:
                 cap = min(cap, MARGIN * BIAS_LIMIT * scale / bmax)
             theta = mantissa_floor(int(math.floor(cap)))
@@ -143,14 +146,22 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
                     f"the 18-bit accumulator. Use fewer --bits or calibrate with 'max'.")
         else:
             theta = 1
+        coarser = 1.0  # readout: factor on the finest safe unit
         for _ in range(60):
             u = scale / theta if gate else max((syn + bmax) / (MARGIN * ACC_LIMIT),
-                                                bmax / (MARGIN * BIAS_LIMIT), 1e-30) * theta
+                                                bmax / (MARGIN * BIAS_LIMIT), 1e-30) * coarser
             ps = []
             for src, m in expr.maps.items():
                 pr = _projection(f"{src}->{name}", src, name, m, value_step[src] / u)
                 if pr is not None:
                     ps.append(pr)
+            excess = max([max_plane_shift(pr, code_of[pr.source]) - MAX_WEIGHT_SHIFT for pr in ps] + [0])
+            if excess > 0:  # weights too large for 8-bit mantissas: coarser accumulator
+                if gate:
+                    theta = mantissa_floor(max(1, theta >> excess))
+                else:
+                    coarser *= 2.0**excess
+                continue
             b = np.clip(np.rint(bias / u), -BIAS_LIMIT, BIAS_LIMIT).astype(np.int32)
             if gate:
                 offset = theta // 2 if opts.rounding == "round" else 0
@@ -165,7 +176,7 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
                 if gate and theta > 1:
                     theta = mantissa_floor(max(1, int(theta * 0.9)))
                 elif not gate:
-                    theta *= 1.1
+                    coarser *= 1.1
                 else:
                     raise
         raise RangeError(f"layer {name!r}: no accumulator scale satisfies the 18-bit range")
@@ -183,6 +194,7 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
         pops.append(pop)
         projs.extend(ps)
         value_step[gs.name] = scale
+        code_of[gs.name] = pop.code
     pop, ps = build("output", fg.readout, fg.readout.shape, 1.0, gate=False)
     from dataclasses import replace
     pops.append(replace(pop, tensor=fg.readout_tensor))

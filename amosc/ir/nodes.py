@@ -30,6 +30,9 @@ ENABLE = 2048
 BIAS_LIMIT = 2047
 #: Weight mantissas are 8-bit signed.
 WEIGHT_MIN, WEIGHT_MAX = -128, 127
+#: Largest power-of-two exponent of a synaptic weight (mantissa * 2^s). Lava stores
+#: mixed-sign weights doubled with weight_exp in [-8, 7], so s = weight_exp + 1 <= 8.
+MAX_WEIGHT_SHIFT = 8
 #: Largest threshold: Loihi's 17-bit unsigned vth (compared after the same << 6).
 THRESHOLD_LIMIT = 2**17 - 1
 

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import IRError, RangeError
-from .nodes import ACC_LIMIT, ENABLE, GatePop, InputPop, Program, Projection, ReadoutPop
+from .nodes import ACC_LIMIT, ENABLE, MAX_WEIGHT_SHIFT, GatePop, InputPop, Program, Projection, ReadoutPop
 from .semantics import conv_output_hw, plane_weights
 
 
@@ -96,6 +96,10 @@ def verify(program: Program, ranges: bool = True) -> None:
             raise IRError(f"projection {proj.name!r}: shape {proj.in_shape} -> {proj.out_shape} does "
                           f"not match {src.name}.shape {src.shape} -> {tgt.name}.shape {tgt.shape}")
         _check_layout(proj)
+        shift = max_plane_shift(proj, src.code)
+        if shift > MAX_WEIGHT_SHIFT:
+            raise RangeError(f"projection {proj.name!r}: plane weights need a shift of 2^{shift}, "
+                             f"more than the 8-bit mantissa's 2^{MAX_WEIGHT_SHIFT}")
         if tgt.start < src.start + src.code.bits:
             raise IRError(f"projection {proj.name!r}: target {tgt.name!r} starts at step {tgt.start}, "
                           f"before source {src.name!r}'s last unit fires (step "
@@ -107,6 +111,12 @@ def verify(program: Program, ranges: bool = True) -> None:
         for pop in program.populations:
             if not isinstance(pop, InputPop):
                 check_ranges(program, pop.name)
+
+
+def max_plane_shift(proj: Projection, code) -> int:
+    """Largest exponent s of the source planes' weights M * d * 2^e = m * 2^s."""
+    top = max(abs(d) for d in code.weights)
+    return proj.exp + max(top.bit_length() - 1, 0)
 
 
 def _check_layout(proj: Projection):

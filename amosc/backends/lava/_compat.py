@@ -42,7 +42,7 @@ def _fix_multiprocessing(src: str) -> str:
     if old not in src:
         raise ImportError("amosc lava compat: set_start_method call not found in lava's multiprocessing")
     return src.replace(old, "_amosc_fork_start_method()").replace(
-        "import platform", "import platform\nfrom amosc.backends.lava._compat import "
+        "import platform", f"import platform\nfrom {__name__} import "
         "fork_start_method as _amosc_fork_start_method", 1)
 
 

@@ -21,6 +21,10 @@ Step t of the amosc IR is Lava time step t + 1; a RingBuffer column t is sent at
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -51,6 +55,8 @@ def build(plan: dict, codes: np.ndarray, interval: int, steps: int):
     from lava.proc.sparse.process import DelaySparse
     from lava.utils.weightutils import SignMode
 
+    import warnings
+    warnings.filterwarnings("ignore", category=sp.SparseEfficiencyWarning)  # from lava's DelaySparse
     procs, sinks, monitors = {}, {}, {}
     for spec in plan["processes"]:
         kind, name = spec["type"], spec["name"]
@@ -104,3 +110,77 @@ def run(plan: dict, codes: np.ndarray, interval: int = 1):
     start = int(plan["readout_start"])
     rows = [i * interval + start for i in range(n)]
     return v[rows] >> 6, rasters, steps
+
+
+# ---------------------------------------------------------------------------
+# Plans on disk: params.npz holds the arrays and the structure as JSON (no pickle).
+# ---------------------------------------------------------------------------
+
+def save_plan(plan: dict, path) -> None:
+    arrays = {}
+
+    def strip(v, key):
+        if isinstance(v, np.ndarray):
+            arrays[key] = v
+            return {"@array": key}
+        if isinstance(v, dict):
+            return {k: strip(x, f"{key}/{k}") for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [strip(x, f"{key}/{i}") for i, x in enumerate(v)]
+        if isinstance(v, np.generic):
+            return v.item()
+        return v
+
+    meta = strip(plan, "plan")
+    arrays["plan.json"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
+def load_plan(path) -> dict:
+    with np.load(path, allow_pickle=False) as f:
+        meta = json.loads(bytes(f["plan.json"]).decode())
+
+        def fill(v):
+            if isinstance(v, dict):
+                return f[v["@array"]] if set(v) == {"@array"} else {k: fill(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [fill(x) for x in v]
+            return v
+
+        return fill(meta)
+
+
+def encode(plan: dict, x: np.ndarray) -> np.ndarray:
+    """Float inputs (N, *shape) -> the integer input codes of the program."""
+    inp = plan["input"]
+    q = np.round((np.asarray(x, np.float64) - inp["zero_point"]) / inp["scale"])
+    return np.clip(q, 0, 2 ** inp["bits"] - 1).astype(np.int64)
+
+
+def main(argv=None) -> int:
+    import argparse
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser(description="Run this exported AMOS program on Lava (fixed-point simulation).")
+    ap.add_argument("--input", required=True, help="float .npy (N, *input_shape)")
+    ap.add_argument("-o", "--output", required=True, help="logits .npy (N, classes)")
+    ap.add_argument("--params", default=os.path.join(here, "params.npz"))
+    ap.add_argument("--interval", type=int, default=1, help="steps between inputs (pipelining)")
+    a = ap.parse_args(argv)
+    if sys.version_info >= (3, 11):
+        sys.path.insert(0, here)
+        import lava_compat  # makes lava-nc 0.10 import on Python 3.11
+        lava_compat.install()
+    plan = load_plan(a.params)
+    x = np.load(a.input, allow_pickle=False)
+    if tuple(x.shape[1:]) != tuple(plan["input"]["shape"]):
+        print(f"error: {a.input} has shape {x.shape}; expected (N, {plan['input']['shape']})", file=sys.stderr)
+        return 2
+    y, _, steps = run(plan, encode(plan, x), a.interval)
+    np.save(a.output, (y * plan["output_scale"]).astype(np.float32))
+    print(f"wrote {a.output}: {y.shape[0]} inputs, {steps} Lava steps", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
