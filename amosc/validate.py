@@ -99,8 +99,8 @@ def compare_spikes(program, result, reference, backend: str) -> SpikeReport:
     first, compared = None, 0
     n = result.output.shape[0]
     for pop in program.populations:
-        if pop.name not in reference.rasters:
-            continue
+        if pop.name not in reference.rasters or pop.name == program.input:
+            continue  # the input's spikes are the host's encoding, the same for every backend
         a, b = reference.rasters[pop.name], result.rasters.get(pop.name)
         if b is None or b.shape != a.shape:
             first = first or {"population": pop.name, "neuron": -1, "unit": -1, "input": 0,

@@ -96,7 +96,7 @@ class UnitsState:
         if s is None:
             return None
         a = self.acc.get(t)
-        return s, self.bias + (0 if a is None else a)
+        return s, np.broadcast_to(self.bias, (self.lanes, *self.pop.shape)) + (0 if a is None else a)
 
     def step(self, t: int, note=None):
         """Spikes (K, lanes, *shape) of step t, or None when silent. ``note(slot, k, z_k)``

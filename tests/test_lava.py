@@ -1,0 +1,191 @@
+"""Lava backend (lava-nc 0.10.0 on this Python): both styles spike for spike equal to
+the reference simulator, pipelined runs, export, clean failure, pluggable backends."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import amosc
+from amosc.backends.base import backend_names, get_backend
+from amosc.backends.lava._compat import lava_problem
+from amosc.backends.reference import simulate
+from amosc.cli import main
+from amosc.errors import RangeError
+from amosc.ir.nodes import Program
+from amosc.validate import compare_spikes
+from conftest import structured_inputs, uniform_inputs
+from onnx_builders import GraphBuilder, mlp, save, small_cnn
+
+pytestmark = pytest.mark.skipif(lava_problem() is not None, reason=f"lava unusable: {lava_problem()}")
+
+
+def compiled(tmp_path, kind, bits):
+    if kind == "mlp":
+        path = save(mlp((6, 5, 4, 3), seed=3), tmp_path / "m.onnx")
+        x = uniform_inputs((6,), 40, seed=2, lo=-1)
+    elif kind == "relu6_mlp":
+        b = GraphBuilder((5,), seed=9)
+        h = b.node("Clip", [b.gemm("x", 5, 6), b.init(np.array(0, np.float32)), b.init(np.array(6, np.float32))])
+        path = save(b.model(b.gemm(h, 6, 3), 3), tmp_path / "m.onnx")
+        x = uniform_inputs((5,), 40, seed=2, lo=-2, hi=2)
+    else:
+        residual, pool = {"cnn_res_avg": (True, "avg"), "cnn_res_gap": (True, "gap"),
+                          "cnn_plain": (False, "gap")}[kind]
+        path = save(small_cnn(seed=4, residual=residual, pool=pool), tmp_path / "m.onnx")
+        x = structured_inputs((1, 12, 12), 40, seed=1)
+    return amosc.compile(path, x[:30], bits=bits), x[30:]
+
+
+def assert_spike_equal(program, res, ref):
+    rep = compare_spikes(program, res, ref, "lava")
+    assert rep.equal, rep.render()
+    assert rep.spikes_compared > 0 and res.extra["spurious_spikes"] == 0
+    np.testing.assert_array_equal(res.output, ref.output)
+    for name in ref.spikes:
+        np.testing.assert_array_equal(res.spikes[name], ref.spikes[name], err_msg=name)
+
+
+@pytest.mark.parametrize("kind,bits", [("mlp", 4), ("relu6_mlp", 3), ("cnn_res_avg", 4),
+                                       ("cnn_res_gap", 6), ("cnn_plain", 8)])
+def test_fast_style_spike_for_spike(tmp_path, kind, bits):
+    program, x = compiled(tmp_path, kind, bits)
+    res = get_backend("lava").run(program, x, record=True, interval=1)
+    assert_spike_equal(program, res, simulate(program, x, record=True))
+
+
+@pytest.mark.parametrize("kind,bits,n", [("mlp", 3, 10), ("relu6_mlp", 2, 6), ("cnn_res_avg", 2, 3)])
+def test_loihi_style_spike_for_spike(tmp_path, kind, bits, n):
+    program, x = compiled(tmp_path, kind, bits)
+    res = get_backend("lava-loihi").run(program, x[:n], record=True, interval=1)
+    assert_spike_equal(program, res, simulate(program, x[:n], record=True))
+
+
+@pytest.mark.parametrize("interval", [1, 3])
+def test_pipelined_multi_input_run(tmp_path, interval):
+    """Inputs enter every `interval` steps in one lane; every unit is memoryless, so
+    the stream equals the batch, and the run takes (N-1)*interval + latency steps."""
+    program, x = compiled(tmp_path, "cnn_res_avg", 3)
+    res = get_backend("lava").run(program, x, record=True, interval=interval)
+    assert res.steps == (len(x) - 1) * interval + program.latency
+    assert_spike_equal(program, res, simulate(program, x, record=True))
+
+
+def test_validate_backend_lava_cli_reports_equality(tmp_path):
+    program, x = compiled(tmp_path, "mlp", 3)
+    program.save(tmp_path / "p.amos")
+    np.save(tmp_path / "x.npy", x)
+    r = CliRunner().invoke(main, ["validate", str(tmp_path / "p.amos"), "--backend", "lava",
+                                  "-i", str(tmp_path / "x.npy")])
+    assert r.exit_code == 0, r.output
+    assert "EQUAL" in r.output
+
+
+def test_mismatch_names_population_neuron_step_and_values(tmp_path):
+    program, x = compiled(tmp_path, "mlp", 3)
+    ref = simulate(program, x, record=True, interval=1, lanes=1)
+    bad = simulate(program, x, record=True, interval=1, lanes=1)
+    pop = program.populations[1]
+    bad.rasters[pop.name][2, 1, 3] ^= 1
+    rep = compare_spikes(program, bad, ref, "lava")
+    assert not rep.equal
+    m = rep.first_mismatch
+    assert (m["population"], m["neuron"], m["unit"], m["input"]) == (pop.name, 3, 1, 2)
+    assert m["step"] == 2 + pop.start + 1 and m["reference"] != m["backend"]
+    assert f"neuron 3" in rep.render() and "time step" in rep.render()
+
+
+def test_loihi_constraints_are_compile_time_errors(tmp_path):
+    program, _ = compiled(tmp_path, "mlp", 3)
+    out = program.output_pop
+    pops = [replace(p, start=p.start + 70) if p is out else p for p in program.populations]
+    late = Program(pops, program.projections, program.input, program.output)
+    from amosc.backends.lava.loihi import plan
+    with pytest.raises(RangeError, match=r"projection .*->output.*delay of \d+ steps; Loihi allows 0..63"):
+        plan(late)
+
+
+def test_export_runs_under_plain_lava_and_matches(tmp_path):
+    program, x = compiled(tmp_path, "mlp", 3)
+    program.save(tmp_path / "p.amos")
+    np.save(tmp_path / "x.npy", x)
+    r = CliRunner().invoke(main, ["export", str(tmp_path / "p.amos"), "--target", "lava", "-o",
+                                  str(tmp_path / "deploy")])
+    assert r.exit_code == 0, r.output
+    assert sorted(os.listdir(tmp_path / "deploy")) == ["README.md", "lava_compat.py", "network.py", "params.npz"]
+    # run it as a plain script, without amosc importable
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-I", str(tmp_path / "deploy" / "network.py"), "--input",
+                          str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ref = simulate(program, x)
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), ref.logits.astype(np.float32))
+    r = CliRunner().invoke(main, ["export", str(tmp_path / "p.amos"), "-o", str(tmp_path / "deploy")])
+    assert r.exit_code == 2 and "not empty" in r.output
+
+
+def test_broken_process_model_does_not_hang(tmp_path):
+    """A model that raises mid-run: run() fails with the model's error and every Lava
+    process is stopped; the child interpreter exits on its own."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from amosc.backends.lava import run_guarded
+        from amosc.backends.lava._compat import install
+        from amosc.errors import BackendError
+        install()
+        from lava_broken.broken import Broken
+        p = Broken()
+        try:
+            run_guarded(p, 10)
+        except BackendError as exc:
+            print("BackendError:", exc)
+            sys.exit(3)
+        sys.exit(0)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 3, out.stdout + out.stderr[-2000:]
+    assert "Lava run failed" in out.stdout
+
+
+def test_lava_imports_even_when_start_method_was_fixed():
+    script = ("import multiprocessing as mp; mp.set_start_method('spawn');"
+              "from amosc.backends.lava._compat import lava_problem; import warnings;"
+              "warnings.simplefilter('ignore'); p = lava_problem(); print(p);"
+              "assert p is None and mp.get_start_method() == 'fork'")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_third_party_backend_registers_through_entry_points(tmp_path, monkeypatch):
+    pkg = tmp_path / "site"
+    (pkg / "toy_backend-1.0.dist-info").mkdir(parents=True)
+    (pkg / "toy_backend-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-backend\nVersion: 1.0\n")
+    (pkg / "toy_backend-1.0.dist-info" / "entry_points.txt").write_text(
+        "[amosc.backends]\ntoy = toy_backend:ToyBackend\n")
+    (pkg / "toy_backend.py").write_text(textwrap.dedent("""
+        from amosc.backends.base import Backend
+        from amosc.backends.reference import simulate
+
+        class ToyBackend(Backend):
+            name = "toy"
+            description = "a toy backend from outside the package"
+
+            def run(self, program, x, **kw):
+                res = simulate(program, x, **kw)
+                res.extra["toy"] = True
+                return res
+    """))
+    monkeypatch.syspath_prepend(str(pkg))
+    assert "toy" in backend_names()
+    r = CliRunner().invoke(main, ["backends"])
+    assert "toy" in r.output and "a toy backend from outside the package" in r.output
+    program, x = compiled(tmp_path, "mlp", 3)
+    res = program.run(x, backend="toy")
+    assert res.extra["toy"] and np.array_equal(res.output, simulate(program, x).output)
