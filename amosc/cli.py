@@ -58,8 +58,10 @@ def main():
               help="Percentile of a layer's activations used as its scale.")
 @click.option("--rounding", type=click.Choice(["round", "floor"]), default="round", show_default=True,
               help="ADC rounding: round to nearest (half-step offset) or truncate as in the paper.")
+@click.option("--granularity", type=click.Choice(["channel", "layer"]), default="channel", show_default=True,
+              help="One output scale per channel or per layer.")
 @_errors
-def compile(model, calib, output, bits, calibration, percentile, rounding):  # noqa: A001
+def compile(model, calib, output, bits, calibration, percentile, rounding, granularity):  # noqa: A001
     """Compile an ONNX MODEL into an AMOS program (.amos)."""
     from .compiler.calibrate import load_array
     from .compiler.importer import graph_input, load_model, normalize
@@ -67,7 +69,8 @@ def compile(model, calib, output, bits, calibration, percentile, rounding):  # n
     from .compiler.quantize import Options
     from .ir.text import describe
 
-    opts = Options(bits=bits, calibration=calibration, percentile=percentile, rounding=rounding)
+    opts = Options(bits=bits, calibration=calibration, percentile=percentile, rounding=rounding,
+                   granularity=granularity)
     m, _ = load_model(model)
     _, shape, _ = graph_input(normalize(m, model), model)
     x = load_array(calib, shape, "calibration data")

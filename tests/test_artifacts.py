@@ -34,7 +34,7 @@ def test_round_trip_is_identical(program, tmp_path):
     back = amosc.load(tmp_path / "p.amos")
     assert describe(back) == describe(program)
     for a, b in zip(program.projections, back.projections):
-        assert _weights_equal(a.weight, b.weight) and a.attrs == b.attrs and a.exp == b.exp
+        assert _weights_equal(a.weight, b.weight) and a.attrs == b.attrs and np.array_equal(a.exp, b.exp)
     for a, b in zip(program.populations, back.populations):
         assert type(a) is type(b) and a.shape == b.shape and a.start == b.start
         if hasattr(a, "bias"):

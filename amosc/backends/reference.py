@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir.nodes import ENABLE, GatePop, InputPop, Program, ReadoutPop
-from ..ir.semantics import bit_planes, decode, encode_input, linear, plane_weights
+from ..ir.nodes import GatePop, InputPop, Program, ReadoutPop
+from ..ir.semantics import bit_planes, decode, enable_weights, encode_input, plane_input
 from ..progress import progress
 from .base import Backend, RunResult
 
@@ -54,14 +54,12 @@ class SynapseState:
     def __init__(self, proj, src, tgt):
         self.proj, self.code = proj, src.code
         self.offsets = [tgt.start - src.start - j for j in range(src.code.bits)]  # 1 + d_j
-        self.weights = [plane_weights(proj, d) for d in src.code.weights]
 
     def deliver(self, z: np.ndarray, t: int, arrive) -> None:
         """z (K, lanes, *in_shape) spikes at step t; calls arrive(step, y) per active plane."""
         for j in range(self.code.bits):
             if z[j].any():
-                y = linear(self.proj.kind, self.weights[j], self.proj.attrs, z[j], self.proj.out_shape)
-                arrive(t + self.offsets[j], np.rint(y).astype(np.int64))
+                arrive(t + self.offsets[j], plane_input(self.proj, self.code.weights[j], z[j]))
 
 
 class UnitsState:
@@ -69,7 +67,7 @@ class UnitsState:
 
     Unit k at step t sees copy-0 arrivals of step t - k (its synapses are delayed k
     more), minus inhibition from units j < k of the same input, plus its bias,
-    which is gated: without the enable of a scheduled input it holds b - ENABLE.
+    which is gated: without the enable E of a scheduled input it holds b - E < 0.
     """
 
     def __init__(self, pop, lanes: int, schedule: Schedule):
@@ -77,6 +75,7 @@ class UnitsState:
         self.acc: dict[int, np.ndarray] = {}
         self.hist: dict[int, np.ndarray] = {}
         self.bias = pop.bias.astype(np.int64)
+        self.idle_bias = self.bias - enable_weights(self.bias)  # in [-2^ENABLE_SHIFT, -1]
         self.spurious = 0
 
     def arrive(self, t: int, y: np.ndarray) -> None:
@@ -112,10 +111,10 @@ class UnitsState:
                     inh = inh + code.resets[j] * hj[j].astype(np.int64)
             s = self.sched.slot_at(t - self.pop.start - k)
             if s is None and a is None and np.isscalar(inh):
-                continue  # idle unit: v = b - ENABLE < 1, provably silent
+                continue  # idle unit: v = b - E < 1, provably silent
             en = self.sched.enabled[s] if s is not None else np.zeros(self.lanes, bool)
             en = en.reshape((self.lanes,) + (1,) * len(shape))
-            zk = ((0 if a is None else a) - inh + self.bias - ENABLE * (~en)) >= code.thresholds[k]
+            zk = ((0 if a is None else a) - inh + np.where(en, self.bias, self.idle_bias)) >= code.thresholds[k]
             if s is None:
                 self.spurious += int(zk.sum())
             elif note is not None:

@@ -84,9 +84,16 @@ class OnnxRunner:
         return {t: np.concatenate(v) for t, v in res.items()}
 
 
-def scale_from(values: np.ndarray, method: str, percentile: float) -> float:
-    """The calibrated upper range of an activation (its ReLU'd values)."""
-    v = np.maximum(values.ravel(), 0)
-    if method == "max":
-        return float(v.max())
-    return float(np.percentile(v, percentile))
+def scale_from(values: np.ndarray, method: str, percentile: float, per_channel: bool) -> np.ndarray:
+    """The calibrated upper range of an activation (its ReLU'd values) from samples
+    (N, C, ...): per channel C, each channel's own range capped at the layer's; or the
+    layer's range repeated."""
+    v = np.maximum(np.moveaxis(values, 1, 0).reshape(values.shape[1], -1), 0)
+
+    def rng(a):
+        return a.max(axis=-1) if method == "max" else np.percentile(a, percentile, axis=-1)
+
+    layer = float(rng(v.reshape(-1)))
+    if not per_channel:
+        return np.full(values.shape[1], layer)
+    return np.minimum(rng(v), layer).astype(np.float64)

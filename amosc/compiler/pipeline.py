@@ -36,13 +36,14 @@ def calibrate(fg, model, calib: np.ndarray, opts: Options):
     samples: dict[str, list] = {t: [] for t in tensors}
     for _, outs in runner.run(calib, tensors, desc="calibrating"):
         for t, v in outs.items():
-            samples[t].append(np.asarray(v, np.float32).ravel())
+            samples[t].append(np.asarray(v, np.float32))
     alphas = {}
     for g in fg.gates:
         v = np.concatenate(samples[g.pre_tensor])
-        if v.size > MAX_CALIB_VALUES:
-            v = v[:: -(-v.size // MAX_CALIB_VALUES)]
-        alphas[g.name] = scale_from(v, opts.calibration, opts.percentile)
+        per_sample = int(np.prod(v.shape[1:]))
+        if v.size > MAX_CALIB_VALUES:  # keep whole samples, evenly spaced
+            v = v[:: -(-v.shape[0] * per_sample // MAX_CALIB_VALUES)]
+        alphas[g.name] = scale_from(v, opts.calibration, opts.percentile, opts.granularity == "channel")
     x = calib.astype(np.float64)
     if opts.calibration == "max":
         in_range = (float(x.min()), float(x.max()))
@@ -64,7 +65,8 @@ def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, **
     alphas, in_range = calibrate(fg, model, calib, opts)
     program = lower(fg, alphas, in_range, opts)
     program.options = {"bits": opts.bits, "calibration": opts.calibration,
-                       "percentile": opts.percentile, "rounding": opts.rounding}
+                       "percentile": opts.percentile, "rounding": opts.rounding,
+                       "granularity": opts.granularity}
     program.provenance = {"source": fg.path.rsplit("/", 1)[-1], "sha256": fg.sha256,
                           "opset": fg.opset, "amosc": __version__, "input_name": fg.input_name,
                           "output_name": fg.output_name, "softmax": fg.softmax or "",

@@ -11,19 +11,22 @@ Weights become 8-bit mantissas with one power-of-two exponent per projection.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
 
 from ..errors import RangeError
-from ..ir.nodes import (ACC_LIMIT, BIAS_LIMIT, ENABLE, MAX_WEIGHT_SHIFT, WEIGHT_MAX, Code, GatePop, InputPop, Program, Projection,
+from ..ir.nodes import (ACC_LIMIT, BIAS_LIMIT, ENABLE_SHIFT, MAX_WEIGHT_SHIFT, MIN_WEIGHT_SHIFT, WEIGHT_MAX, Code, GatePop, InputPop, Program, Projection,
                         ReadoutPop)
 from ..ir.verify import check_ranges, max_plane_shift
 from . import linear as L
 from .importer import FloatGraph
 
 MARGIN = 0.97  # head-room for mantissa rounding; the exact bound is re-checked after
+THETA_TARGET = 64  # accumulator units per output step to aim for
+THETA_MIN = 8      # below this, coarsen the few channels that limit theta instead
+WEIGHT_BITS = 8
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class Options:
     calibration: str = "percentile"  # or "max"
     percentile: float = 99.99
     rounding: str = "round"          # or "floor" (the paper's truncating ADC)
+    granularity: str = "channel"     # or "layer": one scale per channel or per population
 
     def __post_init__(self):
         from ..errors import AmoscError
@@ -41,6 +45,8 @@ class Options:
             raise AmoscError(f"calibration must be 'percentile' or 'max', got {self.calibration!r}")
         if not 0 < self.percentile <= 100:
             raise AmoscError(f"percentile must be in (0, 100], got {self.percentile}")
+        if self.granularity not in ("channel", "layer"):
+            raise AmoscError(f"granularity must be 'channel' or 'layer', got {self.granularity!r}")
         if self.rounding not in ("round", "floor"):
             raise AmoscError(f"rounding must be 'round' or 'floor', got {self.rounding!r}")
 
@@ -54,26 +60,39 @@ def mantissa_floor(v: int) -> int:
     return (v >> x) << x
 
 
-def _mantissas(m: L.LinearMap, factor: float):
-    """Quantize map*factor to int8 mantissas with one exponent; None when all zero."""
+def _mantissas(m: L.LinearMap):
+    """Quantize a map to int8 mantissas with one exponent per output channel (rows of
+    the same channel share it); None when all zero."""
+    cout = m.out_shape[0]
     if isinstance(m, L.Scale):
-        vals = m.full() * factor
-    elif isinstance(m, L.Conv):
-        vals = m.w * factor
-    elif isinstance(m, L.Dense):
-        vals = m.w * factor
+        vals = m.full()
+        rows = vals.reshape(cout, -1)
+    elif isinstance(m, (L.Conv, L.Dense)):
+        vals = m.w
+        rows = vals.reshape(cout, -1)
     else:
-        vals = m.m.data * factor
-    peak = float(np.abs(vals).max()) if vals.size else 0.0
-    if peak == 0.0:
+        vals = m.m.data
+        per_row = np.diff(m.m.indptr)
+        ch = np.repeat(np.arange(m.m.shape[0]) // (m.m.shape[0] // cout), per_row)
+        peak = np.zeros(cout)
+        np.maximum.at(peak, ch, np.abs(vals))
+    if not isinstance(m, L.Sparse):
+        peak = np.abs(rows).max(axis=1) if rows.size else np.zeros(cout)
+    if not peak.size or peak.max() == 0.0:
         return None
-    e = math.ceil(math.log2(peak / 127.49))
-    q = np.clip(np.rint(vals / 2.0**e), -128, 127).astype(np.int8)
+    e = np.ceil(np.log2(np.maximum(peak, 1e-300) / 127.49)).astype(np.int64)
+    e = np.clip(e, MIN_WEIGHT_SHIFT, None)
+    e[peak == 0] = int(e[peak > 0].min())
+    if isinstance(m, L.Sparse):
+        scale = 2.0 ** e[ch]
+    else:
+        scale = (2.0 ** e).reshape((-1,) + (1,) * (vals.ndim - 1))
+    q = np.clip(np.rint(vals / scale), -128, 127).astype(np.int8)
     return q, e
 
 
-def _projection(name, src, tgt, m: L.LinearMap, factor: float) -> Projection | None:
-    got = _mantissas(m, factor)
+def _projection(name, src, tgt, m: L.LinearMap) -> Projection | None:
+    got = _mantissas(m)
     if got is None:
         return None
     q, e = got
@@ -101,9 +120,14 @@ def _csr_int8(mat) -> sp.csr_matrix:
     return out
 
 
+def _channels(v, shape) -> np.ndarray:
+    """A per-channel vector (C,) shaped to broadcast over a per-sample tensor of ``shape``."""
+    return np.asarray(v, np.float64).reshape((-1,) + (1,) * (len(shape) - 1))
+
+
 def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Program:
-    """Build the integer program. ``alphas``: calibrated upper range per gate name;
-    ``input_range``: (lo, hi) of the input values."""
+    """Build the integer program. ``alphas``: calibrated upper range per gate name, one
+    value per channel (C,); ``input_range``: (lo, hi) of the input values."""
     K = opts.bits
     maxcode = 2**K - 1
     lo, hi = input_range
@@ -112,47 +136,66 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
     inp = InputPop("input", fg.input_shape, K, (hi - lo) / maxcode, float(lo))
     pops: list = [inp]
     projs: list = []
-    value_step = {"input": inp.scale}     # float value of one code unit, per source
+    step = {"input": np.full(fg.input_shape[0], inp.scale)}  # value of one code unit, per channel
     code_of = {"input": inp.code}
     zero_point = {"input": inp.zero_point}
 
-    def build(name, expr, shape, scale, gate):
-        """Return (population, projections) for a target with input expr."""
+    def build(name, expr, shape, out_step):
+        """(population, projections) for a target with input ``expr``; ``out_step``: the
+        gate's per-channel output step, or None for the readout."""
+        gate = out_step is not None
         bias = expr.bias.astype(np.float64).copy()
-        pos = np.zeros(shape)
-        neg = np.zeros(shape)
+        on_codes = {}  # the maps acting on integer codes
+        hi_, lo_ = np.zeros(shape), np.zeros(shape)
         for src, m in expr.maps.items():
             if zero_point.get(src, 0.0):
                 bias += m.apply(np.full((1, *m.in_shape), zero_point[src]))[0]
-            p, n = m.row_sums()
-            vmax = value_step[src] * maxcode
-            pos += p * vmax
-            neg += n * vmax
-        syn = float(np.max(np.maximum(pos, -neg))) if pos.size else 0.0
-        bmax = float(np.abs(bias).max()) if bias.size else 0.0
-        inh = maxcode if gate else 0
-        # units: u = scale / theta;  need (syn + bmax) / u + inh * theta + ENABLE <= LIMIT
+            on_codes[src] = L.compose(m, L.Scale(m.in_shape, m.in_shape, step[src]))
+            p, n = on_codes[src].row_sums()
+            hi_ += p * maxcode
+            lo_ += n * maxcode
+        syn = np.maximum(hi_, -lo_)
+        absb = np.abs(bias)
         if gate:
-            cap = (MARGIN * ACC_LIMIT - ENABLE) / ((syn + bmax) / scale + inh)
-            # the MSB unit's inhibition weight theta * 2^(K-1) is an 8-bit mantissa times 2^s
-            cap = min(cap, WEIGHT_MAX * 2**MAX_WEIGHT_SHIFT / 2 ** (K - 1))
-            if bmax > 0:
-                cap = min(cap, MARGIN * BIAS_LIMIT * scale / bmax)
-            theta = mantissa_floor(int(math.floor(cap)))
+            # u = step / theta per channel; each neuron needs (syn + 2|b|) / u + inh * theta
+            # + 2^ENABLE_SHIFT <= LIMIT (the enable weight carries up to |b| + 2^ENABLE_SHIFT of
+            # the gated bias), and |b| / u <= BIAS_LIMIT.
+            room = MARGIN * ACC_LIMIT - 2**ENABLE_SHIFT
+            worst = (syn + 2 * absb).reshape(shape[0], -1).max(1)
+            bworst = absb.reshape(shape[0], -1).max(1)
+            # theta: THETA_TARGET accumulator units per output step is plenty (the floors of a
+            # few planes then cost < 1/10 step); the MSB unit's inhibition weight
+            # theta * 2^(K-1) must be an 8-bit mantissa times 2^s.
+            theta = min(THETA_TARGET, WEIGHT_MAX * 2**MAX_WEIGHT_SHIFT // 2 ** (K - 1),
+                        int(room / (2 * maxcode)))
+            cap = room / (worst / out_step + maxcode)  # per channel
+            if bworst.max() > 0:
+                cap = np.minimum(cap, MARGIN * BIAS_LIMIT * out_step / np.maximum(bworst, 1e-30))
+            if opts.granularity == "layer" or cap.min() >= THETA_MIN:
+                theta = min(theta, int(math.floor(cap.min())))   # no channel needs a coarser step
+            else:  # a few channels' worst cases are huge: give those a coarser step instead
+                theta = min(theta, THETA_MIN, max(int(np.median(cap)), 1))
+            theta = mantissa_floor(theta)
             if theta < 1:
                 raise RangeError(
-                    f"layer {name!r}: its worst-case input ({syn + bmax:.4g}) is "
-                    f"{(syn + bmax) / scale:.4g} output steps; at K={K} bits that does not fit "
-                    f"the 18-bit accumulator. Use fewer --bits or calibrate with 'max'.")
+                    f"layer {name!r}: its worst-case input is {float(np.max(worst / out_step)):.4g} output "
+                    f"steps; at K={K} bits that does not fit the 18-bit accumulator. Use fewer --bits "
+                    "or calibrate with 'max'.")
+            # channels whose worst case does not fit at this theta get a coarser step
+            need = np.maximum(theta * worst / (room - theta * maxcode),
+                              theta * bworst / (MARGIN * BIAS_LIMIT))
+            out_step = np.maximum(out_step, need)
         else:
             theta = 1
+            finest = np.maximum((syn + absb) / (MARGIN * ACC_LIMIT), absb / (MARGIN * BIAS_LIMIT))
+            finest = np.maximum(finest.reshape(shape[0], -1).max(1), 1e-30)
         coarser = 1.0  # readout: factor on the finest safe unit
         for _ in range(60):
-            u = scale / theta if gate else max((syn + bmax) / (MARGIN * ACC_LIMIT),
-                                                bmax / (MARGIN * BIAS_LIMIT), 1e-30) * coarser
+            u = np.asarray(out_step) / theta if gate else finest * coarser  # (C,)
             ps = []
-            for src, m in expr.maps.items():
-                pr = _projection(f"{src}->{name}", src, name, m, value_step[src] / u)
+            for src, m in on_codes.items():
+                scaled = L.compose(L.Scale(m.out_shape, m.out_shape, 1.0 / u), m)
+                pr = _projection(f"{src}->{name}", src, name, scaled)
                 if pr is not None:
                     ps.append(pr)
             excess = max([max_plane_shift(pr, code_of[pr.source]) - MAX_WEIGHT_SHIFT for pr in ps] + [0])
@@ -162,12 +205,12 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
                 else:
                     coarser *= 2.0**excess
                 continue
-            b = np.clip(np.rint(bias / u), -BIAS_LIMIT, BIAS_LIMIT).astype(np.int32)
+            b = np.clip(np.rint(bias / _channels(u, shape)), -BIAS_LIMIT, BIAS_LIMIT).astype(np.int32)
             if gate:
                 offset = theta // 2 if opts.rounding == "round" else 0
-                pop = GatePop(name, shape, Code.binary(K, theta, offset), b, float(scale))
+                pop = GatePop(name, shape, Code.binary(K, theta, offset), b, np.asarray(out_step, np.float64))
             else:
-                pop = ReadoutPop(name, shape, b, float(u))
+                pop = ReadoutPop(name, shape, b, np.asarray(u, np.float64))
             trial = Program([*pops, pop], [*projs, *ps], "input", name)
             try:
                 check_ranges(trial, name)
@@ -182,21 +225,23 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
         raise RangeError(f"layer {name!r}: no accumulator scale satisfies the 18-bit range")
 
     for gs in fg.gates:
-        alpha = float(alphas[gs.name])
+        alpha = np.broadcast_to(np.asarray(alphas[gs.name], np.float64), (gs.shape[0],)).copy()
         if gs.upper is not None:
-            alpha = min(alpha, gs.upper)
-        if not alpha > 0:
-            alpha = 1.0  # a dead gate: it never fires; any scale works
-        scale = alpha / maxcode
-        pop, ps = build(gs.name, gs.expr, gs.shape, scale, gate=True)
-        from dataclasses import replace
+            alpha = np.minimum(alpha, gs.upper)
+        top = float(alpha.max())
+        # A channel's range costs the next layer's weights: its column is scaled by
+        # alpha_c / alpha_max inside 8-bit mantissas. Finer than alpha_max * 2^(K-8), the
+        # weights lose more than the K-bit code gains, so per-channel ranges stop there
+        # (at K >= 8 every channel gets the layer's range). This also covers dead channels.
+        alpha = np.maximum(alpha, top * 2.0 ** min(K - WEIGHT_BITS, 0)) if top > 0 else np.ones_like(alpha)
+        out_step = alpha / maxcode
+        pop, ps = build(gs.name, gs.expr, gs.shape, out_step)
         pop = replace(pop, activation=gs.activation, tensor=gs.tensor)
         pops.append(pop)
         projs.extend(ps)
-        value_step[gs.name] = scale
+        step[gs.name] = pop.scale
         code_of[gs.name] = pop.code
-    pop, ps = build("output", fg.readout, fg.readout.shape, 1.0, gate=False)
-    from dataclasses import replace
+    pop, ps = build("output", fg.readout, fg.readout.shape, None)
     pops.append(replace(pop, tensor=fg.readout_tensor))
     projs.extend(ps)
     from .passes import schedule_asap

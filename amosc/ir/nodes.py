@@ -22,17 +22,20 @@ from ..errors import IRError
 #: 24-bit register and synaptic input is left-shifted by 6 for MSB alignment, so
 #: 18 signed bits remain for the sum of weights times spikes (docs/ir.md#ranges).
 ACC_LIMIT = 2**17 - 1
-#: A unit's bias is *gated*: it acts only at the unit's evaluation step. On Loihi the
-#: unit holds the constant bias ``b - ENABLE`` (negative, so an idle unit never fires)
-#: and a per-input enable spike of weight ENABLE arrives with its synaptic input.
-ENABLE = 2048
-#: Largest |bias|, so that b - ENABLE fits Loihi's 13-bit signed bias mantissa.
-BIAS_LIMIT = 2047
+#: A unit's bias b is *gated*: it acts only at the unit's evaluation step. On Loihi the
+#: unit holds the constant bias ``b - E`` in [-2^ENABLE_SHIFT, -1] (so an idle unit never
+#: fires) and a per-input enable spike of weight ``E = 2^ENABLE_SHIFT * q`` (8-bit q)
+#: arrives with its synaptic input (:func:`amosc.ir.semantics.enable_weights`).
+ENABLE_SHIFT = 8
+#: Largest |bias|: the enable weight's mantissa q stays within 8 bits.
+BIAS_LIMIT = 127 * 2**ENABLE_SHIFT - 1
 #: Weight mantissas are 8-bit signed.
 WEIGHT_MIN, WEIGHT_MAX = -128, 127
 #: Largest power-of-two exponent of a synaptic weight (mantissa * 2^s). Lava stores
 #: mixed-sign weights doubled with weight_exp in [-8, 7], so s = weight_exp + 1 <= 8.
 MAX_WEIGHT_SHIFT = 8
+#: Smallest exponent of a synaptic plane: Lava's weight_exp >= -8, minus the doubling.
+MIN_WEIGHT_SHIFT = -7
 #: Largest threshold: Loihi's 17-bit unsigned vth (compared after the same << 6).
 THRESHOLD_LIMIT = 2**17 - 1
 
@@ -111,8 +114,8 @@ class InputPop:
 @dataclass(frozen=True, eq=False)
 class GatePop:
     """AMOS units: integer input y = bias + synaptic input, arriving complete at step
-    ``start``; unit k fires at ``start + k`` by the :class:`Code` rule. Decoded value
-    of a unit is ``scale * c``."""
+    ``start``; unit k fires at ``start + k`` by the :class:`Code` rule. The decoded
+    value is ``scale[channel] * c`` (``scale``: float64 (C,), C = shape[0])."""
 
     name: str
     shape: tuple[int, ...]
@@ -125,12 +128,13 @@ class GatePop:
 
     def __post_init__(self):
         _check_bias(self.name, self.bias, self.shape)
+        _check_scale(self.name, self.scale, self.shape)
 
 
 @dataclass(frozen=True, eq=False)
 class ReadoutPop:
     """Non-spiking accumulators: the output y = bias + synaptic input arriving at step
-    ``start`` is read by the host and decoded as ``scale * y``."""
+    ``start`` is read by the host and decoded as ``scale[i] * y`` (``scale``: (C,))."""
 
     name: str
     shape: tuple[int, ...]
@@ -141,9 +145,16 @@ class ReadoutPop:
 
     def __post_init__(self):
         _check_bias(self.name, self.bias, self.shape)
+        _check_scale(self.name, self.scale, self.shape)
 
 
 Population = Union[InputPop, GatePop, ReadoutPop]
+
+
+def _check_scale(name, scale, shape):
+    if not isinstance(scale, np.ndarray) or scale.shape != (shape[0],) or not np.all(scale > 0):
+        raise IRError(f"population {name!r}: scale must be positive float64 ({shape[0]},), got "
+                      f"{getattr(scale, 'shape', type(scale).__name__)}")
 
 
 def _check_bias(name, bias, shape):
@@ -158,9 +169,11 @@ def _check_bias(name, bias, shape):
 class Projection:
     """Synapses from every unit of ``source`` to ``target``.
 
-    The integer weight from unit k of a source neuron is ``plane_weight(M, e, d_k)``:
-    ``M * d_k * 2^e`` when e >= 0, else ``M * d_k`` shifted right by -e with rounding
-    (see :func:`amosc.ir.semantics.plane_weights`). ``kind`` says how M is laid out:
+    Spikes z_k of source unit k contribute ``floor(d_k * (M @ z_k) * 2^e[c])`` to
+    target neuron i of output channel c: one sum per plane and target neuron, then one
+    shift (Loihi's weight exponent; one synapse group per distinct exponent), see
+    :func:`amosc.ir.semantics.plane_input`. ``exp`` is int64 (C_out,). ``kind`` says
+    how M is laid out:
 
     - ``conv``: (C_out, C_in/groups, kh, kw) cross-correlation with ``attrs`` strides,
       pads (top, left, bottom, right), dilations, groups, on (C, H, W) tensors;
@@ -173,7 +186,7 @@ class Projection:
     target: str
     kind: str
     weight: Union[np.ndarray, sp.csr_matrix]
-    exp: int
+    exp: np.ndarray
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     attrs: dict = field(default_factory=dict)
@@ -184,8 +197,11 @@ class Projection:
         w = self.weight.data if sp.issparse(self.weight) else self.weight
         if w.dtype != np.int8:
             raise IRError(f"projection {self.name!r}: weight mantissas must be int8, got {w.dtype}")
-        if not -32 <= self.exp <= 31:
-            raise IRError(f"projection {self.name!r}: exponent {self.exp} outside [-32, 31]")
+        if not isinstance(self.exp, np.ndarray) or self.exp.shape != (self.out_shape[0],) \
+                or self.exp.dtype.kind != "i":
+            raise IRError(f"projection {self.name!r}: exp must be an integer array ({self.out_shape[0]},)")
+        if self.exp.size and not (-32 <= self.exp.min() and self.exp.max() <= 31):
+            raise IRError(f"projection {self.name!r}: exponents outside [-32, 31]")
 
     @property
     def synapses(self) -> int:

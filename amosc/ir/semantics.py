@@ -68,27 +68,38 @@ def linear(kind: str, weight, attrs: dict, x: np.ndarray, out_shape) -> np.ndarr
 # Integer rules
 # ---------------------------------------------------------------------------
 
-def shift_round(v, e: int):
-    """v * 2^e for e >= 0; otherwise v / 2^-e rounded half up (integer arithmetic)."""
+def floor_shift(v, e):
+    """v * 2^e where e >= 0, else floor(v / 2^-e) (an arithmetic right shift); e is an
+    int or an array broadcasting against v."""
     v = np.asarray(v, dtype=np.int64)
-    if e >= 0:
-        return v << e
-    return (v + (1 << (-e - 1))) >> (-e)
+    e = np.asarray(e, dtype=np.int64)
+    return np.right_shift(np.left_shift(v, np.maximum(e, 0)), np.maximum(-e, 0))
 
 
-def plane_weights(proj: Projection, d: int):
-    """The integer weights (same layout as ``proj.weight``) of the synapses from a
-    source unit whose code weight is d."""
-    if sp.issparse(proj.weight):
-        w = proj.weight.copy().astype(np.int64)
-        w.data = shift_round(w.data * d, proj.exp)
-        return w
-    return shift_round(proj.weight.astype(np.int64) * d, proj.exp)
+def channel_exp(proj: Projection) -> np.ndarray:
+    """The per-output-channel exponents shaped to broadcast over (N, *out_shape)."""
+    return proj.exp.reshape((1, -1) + (1,) * (len(proj.out_shape) - 1))
 
 
-def plane_is_exact(exp: int, d: int) -> bool:
-    """Whether M * d * 2^exp is an integer for every M, i.e. the plane needs no rounding."""
-    return exp >= 0 or d % (1 << -exp) == 0
+def plane_input(proj: Projection, d: int, z: np.ndarray) -> np.ndarray:
+    """Contribution floor(d * (M @ z) * 2^e) of one source plane z (N, *in_shape)."""
+    s = np.rint(linear(proj.kind, proj.weight, proj.attrs, z, proj.out_shape)).astype(np.int64)
+    return floor_shift(s * d, channel_exp(proj))
+
+
+def plane_is_exact(exp, d: int) -> bool:
+    """Whether d * 2^exp is an integer (for every channel's exp), so the plane needs no
+    flooring and can be folded with the others into one product."""
+    lowest = int(np.min(exp))
+    return lowest >= 0 or d % (1 << -lowest) == 0
+
+
+def enable_weights(bias: np.ndarray) -> np.ndarray:
+    """Per-neuron enable weight E = 2^ENABLE_SHIFT * q with b - E in [-2^ENABLE_SHIFT, -1]
+    (how Loihi realizes a gated bias b: constant bias b - E, enable spike of weight E)."""
+    from .nodes import ENABLE_SHIFT
+    q = np.floor_divide(np.asarray(bias, np.int64), 2**ENABLE_SHIFT) + 1
+    return q << ENABLE_SHIFT
 
 
 def encode_input(pop: InputPop, x: np.ndarray) -> np.ndarray:
@@ -143,15 +154,14 @@ def _planes_input(proj, code, z, exact):
     n = z.shape[1]
     total = np.zeros((n, *proj.out_shape), dtype=np.float64)
     if exact:
-        # sum_k d_k 2^e z_k is an integer for these planes: one product with M
+        # d_k 2^e is an integer for these planes: one product with M, then one exact shift
         part = sum(z[k].astype(np.int64) * code.weights[k] for k in exact)
-        part = part << proj.exp if proj.exp >= 0 else part >> -proj.exp
         total += linear(proj.kind, proj.weight, proj.attrs, part, proj.out_shape)
+    out = floor_shift(np.rint(total).astype(np.int64), channel_exp(proj))
     for k in range(code.bits):
         if k not in exact:
-            wk = plane_weights(proj, code.weights[k])
-            total += linear(proj.kind, wk, proj.attrs, z[k], proj.out_shape)
-    return np.rint(total).astype(np.int64)
+            out += plane_input(proj, code.weights[k], z[k])
+    return out
 
 
 def evaluate(program: Program, x: np.ndarray) -> dict:
@@ -186,4 +196,4 @@ def decode(pop, values: np.ndarray) -> np.ndarray:
     """Float value of a population's integers (codes or readout y)."""
     if isinstance(pop, InputPop):
         return values * pop.scale + pop.zero_point
-    return values.astype(np.float64) * pop.scale
+    return values.astype(np.float64) * pop.scale.reshape((-1,) + (1,) * (len(pop.shape) - 1))

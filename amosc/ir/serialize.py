@@ -58,7 +58,7 @@ def to_manifest(program: Program):
         else:
             key = f"pop/{len(pops)}/bias.npy"
             arrays[key] = p.bias
-            d.update(bias=key, scale=p.scale, tensor=p.tensor)
+            d.update(bias=key, scale=[float(v) for v in p.scale], tensor=p.tensor)
             if isinstance(p, GatePop):
                 d.update(kind="gate", activation=p.activation,
                          code={"thresholds": list(p.code.thresholds), "resets": list(p.code.resets),
@@ -69,7 +69,7 @@ def to_manifest(program: Program):
     projs = []
     for i, pr in enumerate(program.projections):
         d = {"name": pr.name, "source": pr.source, "target": pr.target, "kind": pr.kind,
-             "exp": int(pr.exp), "in_shape": list(pr.in_shape), "out_shape": list(pr.out_shape),
+             "exp": [int(v) for v in pr.exp], "in_shape": list(pr.in_shape), "out_shape": list(pr.out_shape),
              "attrs": {k: (list(v) if isinstance(v, tuple) else v) for k, v in pr.attrs.items()}}
         if sp.issparse(pr.weight):
             for part in ("data", "indices", "indptr"):
@@ -144,10 +144,10 @@ def _from_manifest(m: dict, arr) -> Program:
         elif d["kind"] == "gate":
             c = d["code"]
             code = Code(tuple(c["thresholds"]), tuple(c["resets"]), tuple(c["weights"]))
-            pops.append(GatePop(d["name"], shape, code, arr(d["bias"]), float(d["scale"]),
+            pops.append(GatePop(d["name"], shape, code, arr(d["bias"]), np.asarray(d["scale"], np.float64),
                                 int(d["start"]), d["activation"], d["tensor"]))
         elif d["kind"] == "readout":
-            pops.append(ReadoutPop(d["name"], shape, arr(d["bias"]), float(d["scale"]),
+            pops.append(ReadoutPop(d["name"], shape, arr(d["bias"]), np.asarray(d["scale"], np.float64),
                                    int(d["start"]), d["tensor"]))
         else:
             raise ArtifactError(f"unknown population kind {d['kind']!r}")
@@ -161,6 +161,6 @@ def _from_manifest(m: dict, arr) -> Program:
         else:
             weight = arr(w)
         attrs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d["attrs"].items()}
-        projs.append(Projection(d["name"], d["source"], d["target"], d["kind"], weight, int(d["exp"]),
+        projs.append(Projection(d["name"], d["source"], d["target"], d["kind"], weight, np.asarray(d["exp"], np.int64),
                                 tuple(d["in_shape"]), tuple(d["out_shape"]), attrs))
     return Program(pops, projs, m["input"], m["output"], m.get("options", {}), m.get("provenance", {}))

@@ -47,7 +47,7 @@ def describe(program: Program) -> dict:
                      end=pop.start + pop.bits - 1)
         else:
             b = pop.bias
-            d.update(scale=pop.scale, tensor=pop.tensor,
+            d.update(scale=[float(pop.scale.min()), float(pop.scale.max())], tensor=pop.tensor,
                      bias_range=[int(b.min()), int(b.max())] if b.size else [0, 0],
                      input_range=list(check_ranges(program, pop.name).values()))
             if isinstance(pop, GatePop):
@@ -72,7 +72,7 @@ def describe(program: Program) -> dict:
         total_syn += syn
         total_deployed += syn * kt
         d = {"name": pr.name, "source": pr.source, "target": pr.target, "kind": pr.kind,
-             "weight_shape": list(pr.weight.shape), "weight_bits": 8, "exp": pr.exp,
+             "weight_shape": list(pr.weight.shape), "weight_bits": 8, "exp": [int(pr.exp.min()), int(pr.exp.max())],
              "weight_range": [int(w.min()), int(w.max())] if w.size else [0, 0],
              "synapses": syn, "delay": [gap - ks, gap - 1 + kt - 1]}
         if pr.kind == "conv":
@@ -86,6 +86,10 @@ def describe(program: Program) -> dict:
                    "synapses_deployed": total_deployed, "latency_steps": program.latency,
                    "depth": depth[out.name], "throughput_inputs_per_step": 1.0},
     }
+
+
+def _span(v):
+    return str(v[0]) if v[0] == v[1] else f"{v[0]}..{v[1]}"
 
 
 def _fmt_list(v):
@@ -114,18 +118,18 @@ def render(desc: dict) -> str:
             extra = f"  theta={p['theta']} offset={p['offset']}" if "theta" in p else ""
             lines.append(f"    {p['activation']}  code K={p['bits']}{extra}  T={_fmt_list(p['thresholds'])}  "
                          f"h={_fmt_list(p['resets'])}  d={_fmt_list(p['weights'])}")
-            lines.append(f"    scale={p['scale']:.6g}  bias={p['bias_range']}  input_range={p['input_range']}  "
-                         f"onnx={p['tensor']}")
+            lines.append(f"    scale=[{p['scale'][0]:.6g}, {p['scale'][1]:.6g}]  bias={p['bias_range']}  "
+                         f"input_range={p['input_range']}  onnx={p['tensor']}")
         else:
-            lines.append(f"    scale={p['scale']:.6g}  bias={p['bias_range']}  input_range={p['input_range']}  "
-                         f"onnx={p['tensor']}")
+            lines.append(f"    scale=[{p['scale'][0]:.6g}, {p['scale'][1]:.6g}]  bias={p['bias_range']}  "
+                         f"input_range={p['input_range']}  onnx={p['tensor']}")
         for pr in by_target.get(p["name"], []):
             attrs = ""
             if "attrs" in pr:
                 a = pr["attrs"]
                 attrs = f" strides={a['strides']} pads={a['pads']} dil={a['dilations']} groups={a['groups']}"
             lines.append(f"  <- {pr['source']}  {pr['kind']} {'x'.join(map(str, pr['weight_shape']))}{attrs}  "
-                         f"int{pr['weight_bits']}{pr['weight_range']} exp={pr['exp']}  "
+                         f"int{pr['weight_bits']}{pr['weight_range']} exp={_span(pr['exp'])}  "
                          f"synapses={pr['synapses']}  delay={pr['delay'][0]}..{pr['delay'][1]}")
     t = desc["totals"]
     lines.append(f"totals  neurons={t['neurons']}  synapses={t['synapses']}  "

@@ -11,8 +11,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import IRError, RangeError
-from .nodes import ACC_LIMIT, ENABLE, MAX_WEIGHT_SHIFT, GatePop, InputPop, Program, Projection, ReadoutPop
-from .semantics import conv_output_hw, plane_weights
+from .nodes import ACC_LIMIT, MAX_WEIGHT_SHIFT, MIN_WEIGHT_SHIFT, GatePop, InputPop, Program, Projection, ReadoutPop
+from .semantics import conv_output_hw, enable_weights, floor_shift
 
 
 def _row_sums(proj: Projection, w) -> tuple[np.ndarray, np.ndarray]:
@@ -38,10 +38,13 @@ def input_bounds(program: Program, name: str) -> tuple[np.ndarray, np.ndarray]:
     hi = np.zeros(pop.shape, np.int64)
     for proj in program.incoming(name):
         code = program.pop(proj.source).code
-        for d in code.weights:
-            p, n = _row_sums(proj, plane_weights(proj, d))
-            hi += p.astype(np.int64)
-            lo += n.astype(np.int64)
+        w = proj.weight.astype(np.int64) if not sp.issparse(proj.weight) else proj.weight.astype(np.int64)
+        p, n = (np.asarray(r, np.int64) for r in _row_sums(proj, w))
+        e = proj.exp.reshape((-1,) + (1,) * (len(proj.out_shape) - 1))
+        for d in code.weights:  # floor is monotone: bound each plane's sum, then shift
+            a, b = p * d, n * d
+            hi += floor_shift(np.maximum(a, b), e)
+            lo += floor_shift(np.minimum(a, b), e)
     return lo, hi
 
 
@@ -55,11 +58,11 @@ def check_ranges(program: Program, name: str) -> dict:
     pop = program.pop(name)
     lo, hi = input_bounds(program, name)
     inh = inhibition_max(pop)
-    enable = ENABLE if isinstance(pop, GatePop) else 0
     b = pop.bias.astype(np.int64)
+    enable = enable_weights(b) if isinstance(pop, GatePop) else np.zeros_like(b)
     # per-step input a = syn - inhibition + enable; membrane v = a + b - enable
-    worst_hi = int(max((hi + enable).max(), (hi + b).max()))
-    worst_lo = int(min((lo - inh).min(), (lo + b - inh).min()))
+    worst_hi = int(max((hi + np.maximum(enable, 0)).max(), (hi + b).max()))
+    worst_lo = int(min((lo - inh + np.minimum(enable, 0)).min(), (lo + b - inh).min()))
     if worst_hi > ACC_LIMIT or worst_lo < -ACC_LIMIT:
         raise RangeError(
             f"population {name!r}: synaptic input can reach [{worst_lo}, {worst_hi}], outside "
@@ -100,6 +103,8 @@ def verify(program: Program, ranges: bool = True) -> None:
         if shift > MAX_WEIGHT_SHIFT:
             raise RangeError(f"projection {proj.name!r}: plane weights need a shift of 2^{shift}, "
                              f"more than the 8-bit mantissa's 2^{MAX_WEIGHT_SHIFT}")
+        if proj.exp.min() < MIN_WEIGHT_SHIFT:
+            raise RangeError(f"projection {proj.name!r}: exponent {proj.exp.min()} below {MIN_WEIGHT_SHIFT}")
         if tgt.start < src.start + src.code.bits:
             raise IRError(f"projection {proj.name!r}: target {tgt.name!r} starts at step {tgt.start}, "
                           f"before source {src.name!r}'s last unit fires (step "
@@ -116,7 +121,7 @@ def verify(program: Program, ranges: bool = True) -> None:
 def max_plane_shift(proj: Projection, code) -> int:
     """Largest exponent s of the source planes' weights M * d * 2^e = m * 2^s."""
     top = max(abs(d) for d in code.weights)
-    return proj.exp + max(top.bit_length() - 1, 0)
+    return int(proj.exp.max()) + max(top.bit_length() - 1, 0)
 
 
 def _check_layout(proj: Projection):

@@ -14,8 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ...errors import RangeError
-from ...ir.nodes import ENABLE, THRESHOLD_LIMIT, GatePop, InputPop, Program, ReadoutPop
-from ...ir.semantics import plane_weights
+from ...ir.nodes import ENABLE_SHIFT, THRESHOLD_LIMIT, GatePop, InputPop, Program, ReadoutPop
+from ...ir.semantics import enable_weights
 from ..base import RunResult
 
 MAX_DELAY = 63
@@ -76,21 +76,26 @@ def plan(program: Program, record: bool = True) -> dict:
             units[pop.name] = names
             continue
         if isinstance(pop, ReadoutPop):
+            # the host reads v and adds the bias itself (readout_bias in the plan)
             procs.append({"type": "lif", "name": pop.name, "size": n, "vth": THRESHOLD_LIMIT,
-                          "bias_mant": pop.bias.ravel().astype(np.int32), "probe_v": True})
+                          "bias_mant": np.zeros(n, np.int32), "probe_v": True})
             units[pop.name] = [pop.name]
         else:
             code = pop.code
+            enable = enable_weights(pop.bias.ravel())
             names = [f"{pop.name}#u{k}" for k in range(code.bits)]
             for k, nm in enumerate(names):
                 procs.append({"type": "lif", "name": nm, "size": n, "vth": code.thresholds[k] - 1,
-                              "bias_mant": (pop.bias.ravel() - ENABLE).astype(np.int32), "record": record})
+                              "bias_mant": (pop.bias.ravel() - enable).astype(np.int32), "record": record})
             units[pop.name] = names
             clock = f"{pop.name}#clock"
             procs.append({"type": "clock", "name": clock, "at": pop.start - 1})
-            en = sp.csr_matrix(np.full((n, 1), ENABLE, np.int64))
+            en = sp.csr_matrix(enable.reshape(n, 1))
             for k, nm in enumerate(names):
-                w, e = mantissa(en, f"{pop.name} enable")
+                got = mantissa(en, f"{pop.name} enable")
+                if got is None:  # every gated bias is in [-2^ENABLE_SHIFT, -1]: no enable needed
+                    break
+                w, e = got
                 procs.append(_syn(f"{pop.name}#en{k}", w, e, k, f"{pop.name} enable"))
                 conns += [(clock, f"{pop.name}#en{k}"), (f"{pop.name}#en{k}", nm)]
             for j in range(code.bits):
@@ -103,21 +108,32 @@ def plan(program: Program, record: bool = True) -> dict:
         for proj in program.incoming(pop.name):
             src = program.pop(proj.source)
             kt = len(units[pop.name])
-            for j, d in enumerate(src.code.weights):
-                got = mantissa(_sparse(proj, plane_weights(proj, d)), f"projection {proj.name}")
-                if got is None:
+            if not src.code.is_binary():
+                raise RangeError(f"projection {proj.name}: the loihi style needs binary source codes")
+            m = _sparse(proj, proj.weight)
+            row_exp = proj.exp[np.arange(m.shape[0]) // (m.shape[0] // proj.out_shape[0])]
+            for ev in np.unique(row_exp):  # one synapse group per distinct exponent
+                part = sp.csr_matrix(sp.diags((row_exp == ev).astype(np.int64)) @ m)
+                part.eliminate_zeros()
+                if part.nnz == 0:
                     continue
-                w, e = got
-                for k in range(kt):
-                    delay = pop.start + k - src.start - j - 1
-                    s = f"{proj.name}#p{j}u{k}"
-                    procs.append(_syn(s, w, e, delay, f"projection {proj.name}"))
-                    conns += [(units[src.name][j], s), (s, units[pop.name][k])]
+                w = sp.csr_matrix((2 * part.data, part.indices, part.indptr), shape=part.shape)
+                for j, d in enumerate(src.code.weights):
+                    e = int(ev) + d.bit_length() - 1 - 1  # Lava: doubled mantissa, exponent s - 1
+                    if not WEIGHT_EXP_RANGE[0] <= e <= WEIGHT_EXP_RANGE[1]:
+                        raise RangeError(f"projection {proj.name}: weight exponent {e} outside Loihi's "
+                                         f"{WEIGHT_EXP_RANGE}")
+                    for k in range(kt):
+                        delay = pop.start + k - src.start - j - 1
+                        s = f"{proj.name}#e{ev}p{j}u{k}"
+                        procs.append(_syn(s, w, e, delay, f"projection {proj.name}"))
+                        conns += [(units[src.name][j], s), (s, units[pop.name][k])]
     return {"processes": procs, "connections": conns, "latency": program.latency,
             "readout": program.output, "readout_start": program.output_pop.start,
+            "readout_bias": program.output_pop.bias.ravel().astype(np.int64),
             "input": {"shape": list(program.input_pop.shape), "bits": program.input_pop.bits,
                       "scale": program.input_pop.scale, "zero_point": program.input_pop.zero_point},
-            "output_scale": program.output_pop.scale}
+            "output_scale": program.output_pop.scale.astype(np.float64)}
 
 
 def rasters_by_item(program: Program, rasters: dict, n: int, interval: int) -> dict:
@@ -143,7 +159,8 @@ def result_from_lava(program: Program, codes, interval, rasters, v, steps, recor
     from ...ir.semantics import bit_planes, decode
     n = codes.shape[0]
     v = np.asarray(v, np.int64).reshape(steps, -1)
-    y = v[[i * interval + program.output_pop.start for i in range(n)]] >> 6  # v = y << 6
+    rows = [i * interval + program.output_pop.start for i in range(n)]
+    y = (v[rows] >> 6) + program.output_pop.bias.ravel()  # v = synaptic input << 6
     by_item, stray = rasters_by_item(program, rasters, n, interval)
     spikes = {k: r.reshape(n, -1).sum(1).astype(np.int64) for k, r in by_item.items()}
     spikes[program.input] = bit_planes(codes, program.input_pop.bits).reshape(

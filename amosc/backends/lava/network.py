@@ -106,10 +106,10 @@ def run(plan: dict, codes: np.ndarray, interval: int = 1):
     finally:
         if started:
             anchor.stop()
-    v = np.asarray(v, np.int64).reshape(steps, -1)  # (steps, classes), v = y << 6
+    v = np.asarray(v, np.int64).reshape(steps, -1)  # (steps, classes), v = synaptic input << 6
     start = int(plan["readout_start"])
     rows = [i * interval + start for i in range(n)]
-    return v[rows] >> 6, rasters, steps
+    return (v[rows] >> 6) + np.asarray(plan["readout_bias"], np.int64), rasters, steps
 
 
 # ---------------------------------------------------------------------------
