@@ -207,3 +207,37 @@ def test_unreadable_models(tmp_path, content):
 def test_missing_model(tmp_path):
     with pytest.raises(ModelError, match="no such file"):
         import_model(tmp_path / "nope.onnx")
+
+
+def test_concat_of_activations_and_pad(tmp_path):
+    """Inception-style: two branches concatenated on channels, then a zero and a
+    non-zero constant Pad; all pure re-indexing folded into the next projection."""
+    b = GraphBuilder((2, 6, 6), seed=5)
+    a1 = b.relu(b.conv("x", 2, 3))
+    a2 = b.relu(b.conv("x", 2, 2, k=1, pad=0))
+    h = b.node("Concat", [a1, a2], axis=1)
+    h = b.node("Pad", [h, b.init(np.array([0, 0, 1, 2, 0, 0, 1, 0], np.int64))], mode="constant")
+    h = b.node("Pad", [h, b.init(np.array([0, 0, 0, 0, 0, 0, 0, 1], np.int64)),
+                       b.init(np.array(0.5, np.float32))], mode="constant")
+    h = b.relu(b.conv(h, 5, 2))
+    h = b.node("Concat", [h, h], axis=2)   # along H
+    h = b.node("Flatten", [h], axis=1)
+    model = b.model(b.gemm(h, 2 * 16 * 9, 3), 3)
+    assert_float_match(model, tmp_path, (2, 6, 6))
+    # and it compiles to a program whose spiking run equals its integer evaluation
+    import amosc
+    from amosc.backends.reference import simulate
+    from amosc.ir.semantics import evaluate
+    x = uniform_inputs((2, 6, 6), 20)
+    prog = amosc.compile(str(tmp_path / "m.onnx"), x, bits=4)
+    np.testing.assert_array_equal(simulate(prog, x).output, evaluate(prog, x)["output"])
+
+
+def test_pad_modes_other_than_constant_are_rejected(tmp_path):
+    b = GraphBuilder((1, 4, 4))
+    h = b.node("Pad", [b.relu(b.conv("x", 1, 1)), b.init(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))],
+               mode="reflect")
+    h = b.node("Flatten", [h], axis=1)
+    path = save(b.model(b.gemm(h, 36, 2), 2), tmp_path / "m.onnx")
+    with pytest.raises(ModelError, match="Pad mode 'reflect'"):
+        import_model(path)

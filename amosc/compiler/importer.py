@@ -25,7 +25,7 @@ from . import linear as L
 SUPPORTED_OPS = (
     "Add", "AveragePool", "BatchNormalization", "Clip", "Constant", "ConstantOfShape", "Conv",
     "Div", "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "Identity", "LogSoftmax", "MatMul",
-    "Mul", "Relu", "Reshape", "Softmax", "Sub", "Transpose",
+    "Mul", "Pad", "Relu", "Reshape", "Softmax", "Sub", "Transpose",
     # shape arithmetic, folded when its inputs are constant
     "Cast", "Concat", "Gather", "Shape", "Slice", "Squeeze", "Unsqueeze",
 )
@@ -256,18 +256,76 @@ class _Importer:
             self.fail(node, f"reshape to {target} mixes the batch axis with features")
         return self._reshape(e, out[1:])
 
-    def op_Transpose(self, node, a):
+    @staticmethod
+    def _select(e: Expr, idx: np.ndarray) -> Expr:
+        """Re-index: output position p takes input flat index idx[p] (-1: zero)."""
         import scipy.sparse as sp
+        flat = idx.ravel()
+        ok = flat >= 0
+        m = sp.csr_matrix((np.ones(int(ok.sum())), (np.nonzero(ok)[0], flat[ok])),
+                          shape=(flat.size, int(np.prod(e.shape))))
+        return e.apply(L.Sparse(e.shape, idx.shape, m))
+
+    def op_Transpose(self, node, a):
         e = self.expr(node)
         perm = list(a.get("perm", range(len(e.shape) + 1)[::-1]))
         if perm[0] != 0:
             self.fail(node, f"perm {perm} moves the batch axis")
         p = [q - 1 for q in perm[1:]]
-        idx = np.arange(int(np.prod(e.shape))).reshape(e.shape).transpose(p)
-        shape = idx.shape
-        m = sp.csr_matrix((np.ones(idx.size), (np.arange(idx.size), idx.ravel())),
-                          shape=(idx.size, idx.size))
-        return e.apply(L.Sparse(e.shape, shape, m))
+        return self._select(e, np.arange(int(np.prod(e.shape))).reshape(e.shape).transpose(p))
+
+    def op_Pad(self, node, a):
+        e = self.expr(node)
+        mode = a.get("mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode != "constant":
+            self.fail(node, f"Pad mode {mode!r} is not supported (only 'constant')")
+        pads = self.const(node, 1, "pads") if len(node.input) > 1 else a.get("pads")
+        pads = [int(v) for v in np.asarray(pads)]
+        value = self.const(node, 2, "constant_value") if len(node.input) > 2 else None
+        value = float(np.asarray(value).ravel()[0]) if value is not None and np.size(value) else 0.0
+        if len(node.input) > 3 and node.input[3]:
+            self.fail(node, "Pad with an axes input is not supported")
+        r = len(e.shape) + 1
+        if len(pads) != 2 * r or pads[0] or pads[r]:
+            self.fail(node, f"pads {pads} must leave the batch axis alone")
+        before, after = pads[1:r], pads[r + 1:]
+        if min(before + after) < 0:
+            self.fail(node, f"negative pads {pads} (cropping) are not supported")
+        idx = np.pad(np.arange(int(np.prod(e.shape))).reshape(e.shape), list(zip(before, after)),
+                     constant_values=-1)
+        out = self._select(e, idx)
+        if value:
+            out.bias = out.bias + value * (idx < 0)
+        return out
+
+    def op_Concat(self, node, a):
+        parts = [self.env.get(n) for n in node.input]
+        if not all(isinstance(p, Expr) for p in parts):
+            self.fail(node, "Concat of activations with constants is not supported")
+        r = len(parts[0].shape) + 1
+        axis = a.get("axis", 1) % r
+        if axis == 0:
+            self.fail(node, "Concat along the batch axis")
+        shapes = [p.shape for p in parts]
+        ax = axis - 1
+        if any(len(s) != r - 1 or s[:ax] + s[ax + 1:] != shapes[0][:ax] + shapes[0][ax + 1:] for s in shapes):
+            self.fail(node, f"cannot concatenate shapes {shapes} along axis {axis}")
+        total = sum(s[ax] for s in shapes)
+        out_shape = shapes[0][:ax] + (total,) + shapes[0][ax + 1:]
+        maps, biases, offset = {}, [], 0
+        for p in parts:
+            # embed p at [offset, offset + p.shape[ax]) along ax
+            pos = np.full(out_shape, -1, np.int64)
+            sl = [slice(None)] * len(out_shape)
+            sl[ax] = slice(offset, offset + p.shape[ax])
+            pos[tuple(sl)] = np.arange(int(np.prod(p.shape))).reshape(p.shape)
+            emb = self._select(p, pos)
+            for src, m in emb.maps.items():
+                maps[src] = L.add_maps(maps[src], m) if src in maps else m
+            biases.append(p.bias)
+            offset += p.shape[ax]
+        return Expr(out_shape, maps, np.concatenate(biases, axis=ax))
 
     def _pool(self, node, e, k, strides, pads, include_pad):
         c = e.shape[0]
