@@ -33,6 +33,10 @@ def _backend_option(default="reference"):
                         help=f"Backend to run on ({', '.join(backend_names())}; see `amosc backends`).")
 
 
+_limit_option = click.option("--limit", type=click.IntRange(1), default=None,
+                             help="Use only the first LIMIT inputs (and labels).")
+
+
 def _save_npy(path, arr):
     from .ir.serialize import atomic_write
     atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
@@ -103,13 +107,14 @@ def inspect(program, fmt):
 @click.option("--interval", default=0, show_default=True, type=click.IntRange(0),
               help="Pipeline: a new input every INTERVAL steps in one lane (0: every input its own lane).")
 @click.option("--probabilities", is_flag=True, help="Apply the model's dropped final Softmax to the output.")
+@_limit_option
 @_errors
-def run(program, inp, output, backend, interval, probabilities):
+def run(program, inp, output, backend, interval, probabilities, limit):
     """Run PROGRAM on inputs and write the decoded logits."""
     from .compiler.calibrate import load_array
     from .ir.serialize import load
     prog = load(program)
-    x = load_array(inp, prog.input_pop.shape, "input")
+    x = load_array(inp, prog.input_pop.shape, "input")[:limit]
     res = prog.run(x, backend=backend, interval=interval)
     y = res.logits
     if probabilities:
@@ -133,8 +138,9 @@ def run(program, inp, output, backend, interval, probabilities):
 @click.option("--min-agreement", default=0.99, show_default=True, type=click.FloatRange(0, 1),
               help="Fail (exit 1) when top-1 agreement with onnxruntime is below this.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
+@_limit_option
 @_errors
-def validate(program, onnx_path, inp, labels, backend, interval, min_agreement, json_out):
+def validate(program, onnx_path, inp, labels, backend, interval, min_agreement, json_out, limit):
     """Check PROGRAM: against onnxruntime (--onnx) and, for a backend other than the
     reference, against the reference simulator spike for spike. Exits 1 on failure."""
     import dataclasses
@@ -147,12 +153,12 @@ def validate(program, onnx_path, inp, labels, backend, interval, min_agreement, 
         raise AmoscError("nothing to validate: give --onnx MODEL, or a --backend other than 'reference' "
                          "to compare it with the reference spike for spike")
     prog = load(program)
-    x = load_array(inp, prog.input_pop.shape, "input")
+    x = load_array(inp, prog.input_pop.shape, "input")[:limit]
     y = None
     if labels:
         if not os.path.isfile(labels):
             raise AmoscError(f"{labels}: no such file")
-        y = np.load(labels, allow_pickle=False)
+        y = np.load(labels, allow_pickle=False)[:limit]
     report, ok = {}, True
     result = None
     if backend != "reference":

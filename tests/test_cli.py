@@ -182,3 +182,22 @@ def test_mlp_fixed_batch_model(tmp_path):
     assert invoke("compile", p, "--calib", tmp_path / "x.npy", "-o", tmp_path / "f.amos").exit_code == 0
     r = invoke("validate", tmp_path / "f.amos", "--onnx", p, "-i", tmp_path / "x.npy", "--min-agreement", 0.95)
     assert r.exit_code == 0, r.output
+
+
+def test_limit_uses_the_first_inputs(files):
+    d, model = files
+    invoke("compile", model, "--calib", d / "calib.npy", "-o", d / "m.amos", "--bits", 4)
+    invoke("run", d / "m.amos", "-i", d / "x.npy", "-o", d / "all.npy")
+    r = invoke("run", d / "m.amos", "-i", d / "x.npy", "-o", d / "some.npy", "--limit", 7)
+    assert r.exit_code == 0
+    assert np.array_equal(np.load(d / "some.npy"), np.load(d / "all.npy")[:7])
+    r = invoke("validate", d / "m.amos", "--onnx", model, "-i", d / "x.npy", "--labels", d / "y.npy",
+               "--limit", 7, "--min-agreement", 0)
+    assert r.exit_code == 0 and "validated 7 inputs" in r.output
+
+
+def test_validate_needs_something_to_compare(files):
+    d, model = files
+    invoke("compile", model, "--calib", d / "calib.npy", "-o", d / "m.amos")
+    r = CliRunner().invoke(main, ["validate", str(d / "m.amos"), "-i", str(d / "x.npy")])
+    assert r.exit_code == 2 and "nothing to validate" in r.output
