@@ -64,8 +64,10 @@ def main():
               help="ADC rounding: round to nearest (half-step offset) or truncate as in the paper.")
 @click.option("--granularity", type=click.Choice(["channel", "layer"]), default="channel", show_default=True,
               help="One output scale per channel or per layer.")
+@click.option("--weight-bits", type=click.Choice(["8", "16"]), default="8", show_default=True,
+              help="16: a second set of 8-bit synapses carries each weight's rounding residue.")
 @_errors
-def compile(model, calib, output, bits, calibration, percentile, rounding, granularity):  # noqa: A001
+def compile(model, calib, output, bits, calibration, percentile, rounding, granularity, weight_bits):  # noqa: A001
     """Compile an ONNX MODEL into an AMOS program (.amos)."""
     from .compiler.calibrate import load_array
     from .compiler.importer import graph_input, load_model, normalize
@@ -74,7 +76,7 @@ def compile(model, calib, output, bits, calibration, percentile, rounding, granu
     from .ir.text import describe
 
     opts = Options(bits=bits, calibration=calibration, percentile=percentile, rounding=rounding,
-                   granularity=granularity)
+                   granularity=granularity, weight_bits=int(weight_bits))
     m, _ = load_model(model)
     _, shape, _ = graph_input(normalize(m, model), model)
     x = load_array(calib, shape, "calibration data")

@@ -189,3 +189,12 @@ def test_third_party_backend_registers_through_entry_points(tmp_path, monkeypatc
     program, x = compiled(tmp_path, "mlp", 3)
     res = program.run(x, backend="toy")
     assert res.extra["toy"] and np.array_equal(res.output, simulate(program, x).output)
+
+
+def test_sixteen_bit_weights_on_both_styles(tmp_path):
+    path = save(mlp((6, 5, 4, 3), seed=3), tmp_path / "m.onnx")
+    x = uniform_inputs((6,), 36, seed=2, lo=-1)
+    program = amosc.compile(path, x[:30], bits=3, weight_bits=16)
+    ref = simulate(program, x[30:], record=True)
+    for name in ("lava", "lava-loihi"):
+        assert_spike_equal(program, get_backend(name).run(program, x[30:], record=True, interval=1), ref)

@@ -121,3 +121,21 @@ def test_close_to_onnxruntime(tmp_path, bits, max_err, min_agree, seed, pool):
     err = np.abs(y - ref).max() / (ref.max() - ref.min())
     assert err < max_err
     assert (y.argmax(1) == ref.argmax(1)).mean() >= min_agree
+
+
+def test_sixteen_bit_weights_are_a_second_projection_and_more_precise(tmp_path):
+    model = small_cnn(seed=4, pool="avg")
+    path = save(model, tmp_path / "cnn.onnx")
+    x = structured_inputs((1, 12, 12), 200, seed=3)
+    p8 = amosc.compile(path, x[:100], bits=8)
+    p16 = amosc.compile(path, x[:100], bits=8, weight_bits=16)
+    assert len(p16.projections) == 2 * len(p8.projections)
+    assert {pr.name for pr in p16.projections} >= {pr.name + "#lo" for pr in p8.projections}
+    assert_levels_equal(p16, x[100:130])
+    t = p8.output_pop.tensor
+    ref = OnnxRunner(model, "x", False, [t]).collect(x[100:], [t])[t]
+
+    def err(p):
+        return np.abs(decode(p.output_pop, evaluate(p, x[100:])[p.output]) - ref).mean()
+
+    assert err(p16) < err(p8)

@@ -66,7 +66,7 @@ def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, **
     program = lower(fg, alphas, in_range, opts)
     program.options = {"bits": opts.bits, "calibration": opts.calibration,
                        "percentile": opts.percentile, "rounding": opts.rounding,
-                       "granularity": opts.granularity}
+                       "granularity": opts.granularity, "weight_bits": opts.weight_bits}
     program.provenance = {"source": fg.path.rsplit("/", 1)[-1], "sha256": fg.sha256,
                           "opset": fg.opset, "amosc": __version__, "input_name": fg.input_name,
                           "output_name": fg.output_name, "softmax": fg.softmax or "",

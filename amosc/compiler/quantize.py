@@ -36,6 +36,7 @@ class Options:
     percentile: float = 99.99
     rounding: str = "round"          # or "floor" (the paper's truncating ADC)
     granularity: str = "channel"     # or "layer": one scale per channel or per population
+    weight_bits: int = 8             # 16: a second 8-bit mantissa set for the rounding residue
 
     def __post_init__(self):
         from ..errors import AmoscError
@@ -47,6 +48,8 @@ class Options:
             raise AmoscError(f"percentile must be in (0, 100], got {self.percentile}")
         if self.granularity not in ("channel", "layer"):
             raise AmoscError(f"granularity must be 'channel' or 'layer', got {self.granularity!r}")
+        if self.weight_bits not in (8, 16):
+            raise AmoscError(f"weight_bits must be 8 or 16, got {self.weight_bits}")
         if self.rounding not in ("round", "floor"):
             raise AmoscError(f"rounding must be 'round' or 'floor', got {self.rounding!r}")
 
@@ -89,6 +92,24 @@ def _mantissas(m: L.LinearMap):
         scale = (2.0 ** e).reshape((-1,) + (1,) * (vals.ndim - 1))
     q = np.clip(np.rint(vals / scale), -128, 127).astype(np.int8)
     return q, e
+
+
+def _residual(m: L.LinearMap, pr: Projection) -> L.LinearMap:
+    """m minus what projection ``pr`` represents (for a second, finer mantissa set)."""
+    e = pr.exp.astype(np.float64)
+    if isinstance(m, L.Conv):
+        return replace(m, w=m.w - pr.weight * 2.0 ** e.reshape(-1, 1, 1, 1))
+    if isinstance(m, L.Dense):
+        return replace(m, w=m.w - pr.weight * 2.0 ** e.reshape(-1, 1))
+    if isinstance(m, L.Scale):
+        q = pr.weight.reshape(-1) if pr.kind == "conv" else pr.weight.diagonal()
+        return replace(m, s=m.s - q.astype(np.float64) * 2.0 ** e)
+    rows = m.m.shape[0]
+    ch = np.repeat(np.arange(rows) // (rows // m.out_shape[0]), np.diff(m.m.indptr))
+    q = sp.csr_matrix(pr.weight, dtype=np.float64)
+    mm = m.m.copy()
+    mm.data = mm.data - np.asarray(q[mm.nonzero()]).ravel() * 2.0 ** e[ch] if mm.nnz else mm.data
+    return replace(m, m=mm)
 
 
 def _projection(name, src, tgt, m: L.LinearMap) -> Projection | None:
@@ -198,6 +219,10 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
                 pr = _projection(f"{src}->{name}", src, name, scaled)
                 if pr is not None:
                     ps.append(pr)
+                    if opts.weight_bits == 16:  # a second synapse set carries the rounding residue
+                        lo_ = _projection(f"{src}->{name}#lo", src, name, _residual(scaled, pr))
+                        if lo_ is not None:
+                            ps.append(lo_)
             excess = max([max_plane_shift(pr, code_of[pr.source]) - MAX_WEIGHT_SHIFT for pr in ps] + [0])
             if excess > 0:  # weights too large for 8-bit mantissas: coarser accumulator
                 if gate:
