@@ -64,8 +64,8 @@ def main():
               help="ADC rounding: round to nearest (half-step offset) or truncate as in the paper.")
 @click.option("--granularity", type=click.Choice(["channel", "layer"]), default="channel", show_default=True,
               help="One output scale per channel or per layer.")
-@click.option("--weight-bits", type=click.Choice(["8", "16"]), default="8", show_default=True,
-              help="16: a second set of 8-bit synapses carries each weight's rounding residue.")
+@click.option("--weight-bits", type=click.Choice(["8", "16"]), default="16", show_default=True,
+              help="16: a second set of 8-bit synapses carries each weight's rounding residue (twice the synapses); 8: one set.")
 @_errors
 def compile(model, calib, output, bits, calibration, percentile, rounding, granularity, weight_bits):  # noqa: A001
     """Compile an ONNX MODEL into an AMOS program (.amos)."""

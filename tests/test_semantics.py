@@ -127,7 +127,7 @@ def test_sixteen_bit_weights_are_a_second_projection_and_more_precise(tmp_path):
     model = small_cnn(seed=4, pool="avg")
     path = save(model, tmp_path / "cnn.onnx")
     x = structured_inputs((1, 12, 12), 200, seed=3)
-    p8 = amosc.compile(path, x[:100], bits=8)
+    p8 = amosc.compile(path, x[:100], bits=8, weight_bits=8)
     p16 = amosc.compile(path, x[:100], bits=8, weight_bits=16)
     assert len(p16.projections) == 2 * len(p8.projections)
     assert {pr.name for pr in p16.projections} >= {pr.name + "#lo" for pr in p8.projections}

@@ -36,7 +36,7 @@ class Options:
     percentile: float = 99.99
     rounding: str = "round"          # or "floor" (the paper's truncating ADC)
     granularity: str = "channel"     # or "layer": one scale per channel or per population
-    weight_bits: int = 8             # 16: a second 8-bit mantissa set for the rounding residue
+    weight_bits: int = 16            # 16: a second 8-bit mantissa set carries the rounding residue
 
     def __post_init__(self):
         from ..errors import AmoscError
