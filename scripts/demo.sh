@@ -8,4 +8,4 @@ mkdir -p out
 .venv/bin/amosc compile "$EX/model.onnx" --calib "$EX/calib.npy" -o out/fmnist_resnet.amos --bits 8
 .venv/bin/amosc inspect out/fmnist_resnet.amos | tail -n 1
 .venv/bin/amosc validate out/fmnist_resnet.amos --onnx "$EX/model.onnx" \
-    --input "$EX/test_x.npy" --labels "$EX/test_y.npy" --min-agreement 0.98   # measured: docs/results.md
+    --input "$EX/test_x.npy" --labels "$EX/test_y.npy"

@@ -139,3 +139,11 @@ def test_sixteen_bit_weights_are_a_second_projection_and_more_precise(tmp_path):
         return np.abs(decode(p.output_pop, evaluate(p, x[100:])[p.output]) - ref).mean()
 
     assert err(p16) < err(p8)
+
+
+def test_mse_calibration_compiles_and_levels_agree(tmp_path):
+    path = save(small_cnn(seed=4, pool="avg"), tmp_path / "cnn.onnx")
+    x = structured_inputs((1, 12, 12), 60, seed=3)
+    p = amosc.compile(path, x[:40], bits=4, calibration="mse")
+    assert p.options["calibration"] == "mse"
+    assert_levels_equal(p, x[40:])

@@ -84,13 +84,35 @@ class OnnxRunner:
         return {t: np.concatenate(v) for t, v in res.items()}
 
 
-def scale_from(values: np.ndarray, method: str, percentile: float, per_channel: bool) -> np.ndarray:
+def mse_range(v: np.ndarray, bits: int, candidates: int = 64) -> float:
+    """The range alpha whose K-bit round-to-nearest code (step alpha / (2^K - 1), clipped)
+    has the least mean squared error on the non-negative samples v."""
+    v = v[v > 0]
+    if v.size == 0:
+        return 0.0
+    top = float(v.max())
+    levels = 2**bits - 1
+    best, best_err = top, np.inf
+    for alpha in top * np.linspace(1.0 / candidates, 1.0, candidates):
+        step = alpha / levels
+        err = float(np.mean((np.minimum(np.round(v / step), levels) * step - v) ** 2))
+        if err < best_err:
+            best, best_err = float(alpha), err
+    return best
+
+
+def scale_from(values: np.ndarray, method: str, percentile: float, per_channel: bool,
+               bits: int = 8) -> np.ndarray:
     """The calibrated upper range of an activation (its ReLU'd values) from samples
     (N, C, ...): per channel C, each channel's own range capped at the layer's; or the
-    layer's range repeated."""
+    layer's range repeated. ``method``: 'percentile', 'max' or 'mse' (least K-bit
+    quantization error, zeros excluded)."""
     v = np.maximum(np.moveaxis(values, 1, 0).reshape(values.shape[1], -1), 0)
 
     def rng(a):
+        if method == "mse":
+            return (mse_range(a, bits) if a.ndim == 1 else
+                    np.array([mse_range(row, bits) for row in a]))
         return a.max(axis=-1) if method == "max" else np.percentile(a, percentile, axis=-1)
 
     layer = float(rng(v.reshape(-1)))

@@ -43,9 +43,10 @@ def calibrate(fg, model, calib: np.ndarray, opts: Options):
         per_sample = int(np.prod(v.shape[1:]))
         if v.size > MAX_CALIB_VALUES:  # keep whole samples, evenly spaced
             v = v[:: -(-v.shape[0] * per_sample // MAX_CALIB_VALUES)]
-        alphas[g.name] = scale_from(v, opts.calibration, opts.percentile, opts.granularity == "channel")
+        alphas[g.name] = scale_from(v, opts.calibration, opts.percentile, opts.granularity == "channel",
+                                    opts.bits)
     x = calib.astype(np.float64)
-    if opts.calibration == "max":
+    if opts.calibration in ("max", "mse"):
         in_range = (float(x.min()), float(x.max()))
     else:
         in_range = (float(np.percentile(x, 100 - opts.percentile)), float(np.percentile(x, opts.percentile)))

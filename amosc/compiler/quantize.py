@@ -32,7 +32,7 @@ WEIGHT_BITS = 8
 @dataclass(frozen=True)
 class Options:
     bits: int = 8
-    calibration: str = "percentile"  # or "max"
+    calibration: str = "percentile"  # or "max", or "mse" (least K-bit quantization error)
     percentile: float = 99.99
     rounding: str = "round"          # or "floor" (the paper's truncating ADC)
     granularity: str = "channel"     # or "layer": one scale per channel or per population
@@ -42,8 +42,8 @@ class Options:
         from ..errors import AmoscError
         if not 1 <= self.bits <= 16:
             raise AmoscError(f"--bits must be in 1..16, got {self.bits}")
-        if self.calibration not in ("percentile", "max"):
-            raise AmoscError(f"calibration must be 'percentile' or 'max', got {self.calibration!r}")
+        if self.calibration not in ("percentile", "max", "mse"):
+            raise AmoscError(f"calibration must be 'percentile', 'max' or 'mse', got {self.calibration!r}")
         if not 0 < self.percentile <= 100:
             raise AmoscError(f"percentile must be in (0, 100], got {self.percentile}")
         if self.granularity not in ("channel", "layer"):
