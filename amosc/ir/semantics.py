@@ -113,6 +113,11 @@ def bit_planes(c: np.ndarray, bits: int) -> np.ndarray:
     return np.stack([(c >> (bits - 1 - k)) & 1 for k in range(bits)]).astype(np.uint8)
 
 
+def spike_counts(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Spikes per input (N,) of a binary-coded population: the 1 bits of its codes."""
+    return bit_planes(codes, bits).reshape(bits, codes.shape[0], -1).sum((0, 2)).astype(np.int64)
+
+
 def unit_spikes(code: Code, y: np.ndarray) -> np.ndarray:
     """Spikes z_k (K, *y.shape) of the units for integer input y, by the code's recurrence."""
     z = np.zeros((code.bits, *y.shape), dtype=np.uint8)
@@ -147,10 +152,6 @@ def spikes_input(proj: Projection, code: Code, z: np.ndarray) -> np.ndarray:
     Planes whose weights are exact multiples are folded into one product with the
     partial code (this is where level 1 differs in method from the simulator)."""
     exact = [k for k, d in enumerate(code.weights) if plane_is_exact(proj.exp, d)]
-    return _planes_input(proj, code, z, exact)
-
-
-def _planes_input(proj, code, z, exact):
     n = z.shape[1]
     total = np.zeros((n, *proj.out_shape), dtype=np.float64)
     if exact:

@@ -150,7 +150,7 @@ class LavaBackend(Backend):
         return lava_problem()
 
     def run(self, program, x, *, record=False, interval=0, lanes=None) -> RunResult:
-        from ...ir.semantics import decode, encode_input
+        from ...ir.semantics import decode, encode_input, spike_counts
         interval = max(int(interval), 1)
         n = x.shape[0]
         if self.style == "loihi":
@@ -179,10 +179,8 @@ class LavaBackend(Backend):
         out = results[program.output]["output"]
         rasters = {k: v["raster"] for k, v in results.items() if "raster" in v}
         spikes = {k: r.reshape(n, -1).sum(1).astype(np.int64) for k, r in rasters.items()}
-        from ...ir.semantics import bit_planes
         codes = encode_input(program.input_pop, x)
-        spikes = {program.input: bit_planes(codes, program.input_pop.bits).reshape(
-            program.input_pop.bits, n, -1).sum((0, 2)).astype(np.int64), **spikes}
+        spikes = {program.input: spike_counts(codes, program.input_pop.bits), **spikes}
         spurious = sum(int(v["spurious"]) for v in results.values() if "spurious" in v)
         return RunResult(out, decode(program.output_pop, out), spikes, rasters if record else {},
                          latency=program.latency, steps=g.steps, interval=interval,

@@ -156,15 +156,14 @@ def rasters_by_item(program: Program, rasters: dict, n: int, interval: int) -> d
 
 def result_from_lava(program: Program, codes, interval, rasters, v, steps, record) -> RunResult:
     """Turn the Lava sinks' rasters and the readout's v trace into a RunResult."""
-    from ...ir.semantics import bit_planes, decode
+    from ...ir.semantics import decode, spike_counts
     n = codes.shape[0]
     v = np.asarray(v, np.int64).reshape(steps, -1)
     rows = [i * interval + program.output_pop.start for i in range(n)]
     y = (v[rows] >> 6) + program.output_pop.bias.ravel()  # v = synaptic input << 6
     by_item, stray = rasters_by_item(program, rasters, n, interval)
     spikes = {k: r.reshape(n, -1).sum(1).astype(np.int64) for k, r in by_item.items()}
-    spikes[program.input] = bit_planes(codes, program.input_pop.bits).reshape(
-        program.input_pop.bits, n, -1).sum((0, 2)).astype(np.int64)
-    return RunResult(y, decode(program.output_pop, y), {program.input: spikes.pop(program.input), **spikes},
+    spikes = {program.input: spike_counts(codes, program.input_pop.bits), **spikes}
+    return RunResult(y, decode(program.output_pop, y), spikes,
                      by_item if record else {}, latency=program.latency, steps=steps, interval=interval,
                      extra={"spurious_spikes": stray, "style": "loihi"})
