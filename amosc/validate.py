@@ -15,7 +15,7 @@ from .api import run_program
 from .compiler.calibrate import OnnxRunner, check_input_array
 from .compiler.importer import graph_input, load_model, normalize
 from .ir.nodes import GatePop
-from .ir.semantics import decode, evaluate
+from .ir.semantics import decode_activation, evaluate
 from .ir.text import unit_count
 
 CHUNK = 128
@@ -138,8 +138,8 @@ def validate(program, onnx_path, x, labels=None, backend: str = "reference",
         warnings.append(f"{path} is not the model this program was compiled from (sha256 differs)")
     model = normalize(model, path)
     name, _, fixed = graph_input(model, path)
-    gates = [p for p in program.populations if isinstance(p, GatePop)]
-    tensors = [program.output_pop.tensor] + [g.tensor for g in gates]
+    gates = [p for p in program.populations if isinstance(p, GatePop) and p.tensor]
+    tensors = list(dict.fromkeys([program.output_pop.tensor] + [g.tensor for g in gates]))
     runner = OnnxRunner(model, name, fixed, tensors)
     ref = runner.collect(x, tensors, desc="onnxruntime")
 
@@ -151,7 +151,7 @@ def validate(program, onnx_path, x, labels=None, backend: str = "reference",
     for i in range(0, n, CHUNK):
         vals = evaluate(program, x[i:i + CHUNK])
         for g in gates:
-            d = decode(g, vals[g.name]) - ref[g.tensor][i:i + CHUNK]
+            d = decode_activation(g, vals[g.name]) - ref[g.tensor][i:i + CHUNK]
             sq_err[g.name] += float((d ** 2).sum())
             sq_ref[g.name] += float((ref[g.tensor][i:i + CHUNK] ** 2).sum())
     ref_logits = ref[program.output_pop.tensor]

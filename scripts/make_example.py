@@ -174,7 +174,10 @@ def train(model, x, y, epochs, batch, lr, seed, log=print):
             f"train-acc {tot_ok / len(x):.4f} ({time.time() - t0:.1f}s)")
 
 
-def export_onnx(model, path: str):
+def export_onnx(model, path: str, opset_version: int = 13, dynamic_batch: bool = True):
+    """Export with the TorchScript exporter, BatchNormalization kept.  The defaults are
+    what this script uses; scripts/make_fixtures.py passes other opsets / a fixed batch
+    of 1 (``dynamic_batch=False``)."""
     import torch
 
     model.eval()
@@ -186,14 +189,14 @@ def export_onnx(model, path: str):
             (dummy,),
             path,
             export_params=True,
-            opset_version=13,
+            opset_version=opset_version,
             do_constant_folding=False,
             # PRESERVE (with the model in eval mode) keeps BatchNormalization nodes
             # visible instead of letting the exporter fold them into the Convs.
             training=torch.onnx.TrainingMode.PRESERVE,
             input_names=["input"],
             output_names=["probs"],
-            dynamic_axes={"input": {0: "N"}, "probs": {0: "N"}},
+            dynamic_axes={"input": {0: "N"}, "probs": {0: "N"}} if dynamic_batch else None,
             dynamo=False,
         )
     for w in caught:

@@ -110,7 +110,8 @@ def _bad_model(d, kind):
         onnx.save(m, str(p))
     elif kind == "unsupported":
         b = GraphBuilder((1, 12, 12))
-        h = b.node("MaxPool", [b.relu(b.conv("x", 1, 2))], kernel_shape=[2, 2], strides=[2, 2])
+        h = b.node("LRN", [b.relu(b.conv("x", 1, 2))], size=3)
+        h = b.node("AveragePool", [h], kernel_shape=[2, 2], strides=[2, 2])
         h = b.node("Flatten", [h], axis=1)
         save(b.model(b.gemm(h, 72, 5), 5), p)
     return p
@@ -119,7 +120,7 @@ def _bad_model(d, kind):
 @pytest.mark.parametrize("kind,needle", [
     ("missing", "no such file"), ("not_onnx", "not a readable ONNX model"),
     ("truncated", "bad.onnx"), ("nan", "NaN or Inf"), ("dynamic", "dimension 2 is dynamic"),
-    ("unsupported", "unsupported op type 'MaxPool'")])
+    ("unsupported", "unsupported op type 'LRN'")])
 def test_bad_models(files, kind, needle):
     d, _ = files
     p = _bad_model(d, kind)

@@ -26,10 +26,17 @@ SUPPORTED_OPS = (
     "Add", "AveragePool", "BatchNormalization", "Clip", "Constant", "ConstantOfShape", "Conv",
     "Div", "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "Identity", "LogSoftmax", "MatMul",
     "Mul", "Pad", "Relu", "Reshape", "Softmax", "Sub", "Transpose",
+    # activations realized as fitted AMOS units or exact ADC combinations
+    "Elu", "Erf", "Gelu", "HardSigmoid", "HardSwish", "LeakyRelu", "PRelu", "Selu", "Sigmoid",
+    "Softplus", "Tanh",
+    # pooling circuits and re-indexing
+    "MaxPool", "Resize",
     # shape arithmetic, folded when its inputs are constant
     "Cast", "Concat", "Gather", "Shape", "Slice", "Squeeze", "Unsqueeze",
 )
-ACTIVATIONS = ("Relu", "Clip")
+#: activation ops, handled by :meth:`_Importer.activation`
+ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "PRelu", "HardSigmoid", "Sigmoid", "Tanh", "Softplus",
+               "Elu", "Selu", "Erf", "Gelu", "HardSwish")
 TARGET_OPSET = 13
 
 
@@ -39,6 +46,10 @@ class Expr:
     shape: tuple
     maps: dict
     bias: np.ndarray
+    #: (parent, s, o) when this is s * parent + o for scalars s, o (fusion patterns)
+    origin: tuple | None = None
+    #: the gate whose output this expression is (identity map, zero bias)
+    gate: str | None = None
 
     def apply(self, m: L.LinearMap, extra_bias=None) -> "Expr":
         maps = {s: L.compose(m, mm) for s, mm in self.maps.items()}
@@ -47,17 +58,59 @@ class Expr:
             bias = bias + extra_bias
         return Expr(tuple(m.out_shape), maps, bias)
 
+    def root(self):
+        """(root expression, s, o) with self = s * root + o (scalars)."""
+        e, s, o = self, 1.0, 0.0
+        while e.origin is not None:
+            parent, ps, po = e.origin
+            s, o = s * ps, s * po + o
+            e = parent
+        return e, s, o
+
+    def plus(self, other: "Expr", sign: float = 1.0) -> "Expr":
+        """self + sign * other (same shape)."""
+        maps = dict(self.maps)
+        for s, m in other.maps.items():
+            if sign != 1.0:
+                m = L.compose(L.Scale(m.out_shape, m.out_shape, np.full(m.out_shape[0], float(sign))), m)
+            maps[s] = L.add_maps(maps[s], m) if s in maps else m
+        return Expr(self.shape, maps, self.bias + sign * other.bias)
+
+    def scaled(self, c: float, o: float = 0.0) -> "Expr":
+        """c * self + o for scalars."""
+        e = self.apply(L.Scale(self.shape, self.shape, np.full(self.shape[0], float(c))))
+        return Expr(e.shape, e.maps, e.bias + o, origin=(self, float(c), float(o)))
+
 
 @dataclass
 class GateSpec:
     name: str
     shape: tuple
     expr: Expr
-    activation: str        # "relu" or "relu6"-like clip
-    upper: float | None    # clip upper bound (None: unbounded)
-    pre_tensor: str        # ONNX tensor fed to the activation
-    tensor: str            # ONNX tensor the gate produces
+    activation: str        # label: "relu", "relu6", "sigmoid", "max", ...
+    upper: object          # ReLU gates: clip upper bound, float or per channel (C,); None: unbounded
+    pre_tensor: str        # ONNX tensor fed to the activation ("" for synthetic gates)
+    tensor: str            # ONNX tensor the gate produces ("" when it is part of one)
     node: str
+    fn: object = None      # ScalarFn of a fitted gate (expanded into segments after calibration)
+    alpha_from: str | None = None   # max-circuit gate: its output step is this gate's (exact)
+    fixed_alpha: object = None      # per-channel range set by the compiler, not calibrated
+    bits: int | None = None         # code bits when not the program's K (segments)
+    fit: object = None              # the Fit a segmented gate realizes
+
+    @property
+    def fitted(self) -> bool:
+        return self.fn is not None
+
+    def value(self, pre: np.ndarray) -> np.ndarray:
+        """The float activation of pre-activation values (N, *shape)."""
+        if self.fn is not None:
+            return self.fn(pre)
+        y = np.maximum(pre, 0)
+        if self.upper is None:
+            return y
+        up = np.asarray(self.upper, np.float64)
+        return np.minimum(y, up.reshape((-1,) + (1,) * (len(self.shape) - 1)) if up.ndim else up)
 
 
 @dataclass
@@ -76,11 +129,74 @@ class FloatGraph:
 
 
 class _Importer:
-    def __init__(self, model: onnx.ModelProto, path: str):
+    def __init__(self, model: onnx.ModelProto, path: str, graph: "FloatGraph"):
         self.model = model
         self.path = path
+        self.g = graph
         self.env: dict[str, object] = {}
-        self.consumers: dict[str, int] = {}
+        self.gates: dict[str, GateSpec] = {}
+
+    # -- gates -----------------------------------------------------------------
+    def gate(self, node, e: Expr, label: str, *, upper=None, fn=None, pre_tensor=None, tensor=None,
+             suffix: str = "", alpha_from=None) -> Expr:
+        """Close expression ``e`` into a new gate; returns the gate's output expression."""
+        base = node.name or node.output[0]
+        name = f"g{len(self.g.gates)}_{base}" + (f"_{suffix}" if suffix else "")
+        spec = GateSpec(name, e.shape, e, label, upper,
+                        node.input[0] if pre_tensor is None else pre_tensor,
+                        node.output[0] if tensor is None else tensor, node.name,
+                        fn=fn, alpha_from=alpha_from)
+        self.g.gates.append(spec)
+        self.gates[name] = spec
+        return Expr(e.shape, {name: L.identity(e.shape)}, np.zeros(e.shape), gate=name)
+
+    def activation(self, node, op, a) -> Expr:
+        from .activations import ScalarFn
+        e = self.expr(node)
+        if op == "Relu":
+            return self.gate(node, e, "relu")
+        if op == "Clip":
+            lo, hi = (self.const(node, j) for j in (1, 2)) if len(node.input) > 1 else (None, None)
+            lo = float(a.get("min", -np.inf) if lo is None else np.asarray(lo).ravel()[0])
+            hi = float(a.get("max", np.inf) if hi is None else np.asarray(hi).ravel()[0])
+            if hi < lo:
+                self.fail(node, f"Clip bounds min={lo} > max={hi}")
+            if np.isfinite(lo) and np.isfinite(hi):   # lo + clip(x - lo, 0, hi - lo)
+                label = f"relu{hi:g}" if lo == 0 else f"clip[{lo:g},{hi:g}]"
+                pre = node.input[0] if lo == 0 else ""
+                out = self.gate(node, e.scaled(1.0, -lo) if lo else e, label, upper=hi - lo, pre_tensor=pre,
+                                tensor=None if lo == 0 else "")
+                return out.scaled(1.0, lo) if lo else out
+            if np.isfinite(lo):                       # lo + relu(x - lo)
+                pre = node.input[0] if lo == 0 else ""
+                out = self.gate(node, e.scaled(1.0, -lo) if lo else e, "relu", pre_tensor=pre,
+                                tensor=None if lo == 0 else "")
+                return out.scaled(1.0, lo) if lo else out
+            if np.isfinite(hi):                       # hi - relu(hi - x)
+                out = self.gate(node, e.scaled(-1.0, hi), f"clip[-inf,{hi:g}]", pre_tensor="", tensor="")
+                return out.scaled(-1.0, hi)
+            return e
+        if op in ("LeakyRelu", "PRelu"):              # relu(x) - slope * relu(-x): two exact ADCs
+            slope = a.get("alpha", 0.01) if op == "LeakyRelu" else self.const(node, 1, "slope")
+            pos = self.gate(node, e, "relu", tensor="", suffix="pos")
+            neg = self.gate(node, e.scaled(-1.0), "relu", pre_tensor="", tensor="", suffix="neg")
+            return pos.plus(self.elementwise(node, neg, -np.asarray(slope, np.float64)))
+        if op == "HardSigmoid":                       # clip(alpha x + beta, 0, 1)
+            return self.gate(node, e.scaled(a.get("alpha", 0.2), a.get("beta", 0.5)), "hardsigmoid",
+                             upper=1.0, pre_tensor="")
+        if op == "Gelu":
+            approx = a.get("approximate", b"none")
+            approx = approx.decode() if isinstance(approx, bytes) else approx
+            return self.gate(node, e, "gelu", fn=ScalarFn("gelu_tanh" if approx == "tanh" else "gelu"))
+        if op == "Elu":
+            return self.gate(node, e, "elu", fn=ScalarFn("elu", (float(a.get("alpha", 1.0)),)))
+        if op == "Selu":
+            return self.gate(node, e, "selu", fn=ScalarFn(
+                "selu", (float(a.get("alpha", 1.67326319217681884765625)),
+                         float(a.get("gamma", 1.05070102214813232421875)))))
+        name = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Softplus": "softplus", "Erf": "erf",
+                "HardSwish": "hardswish"}[op]
+        return self.gate(node, e, name, fn=ScalarFn(name))
 
     def fail(self, node, msg):
         raise ModelError(f"{self.path}: node {node.name or '<unnamed>'!r} ({node.op_type}): {msg}")
@@ -120,6 +236,8 @@ class _Importer:
             self.fail(node, f"constant of shape {c.shape} does not broadcast to {shape}")
 
     def elementwise(self, node, e: Expr, factor: np.ndarray) -> Expr:
+        if np.size(factor) == 1:
+            return e.scaled(float(np.asarray(factor, np.float64).ravel()[0]))
         full = self.per_sample(node, factor, e.shape)
         ch = full.reshape(full.shape[0], -1) if full.ndim else full.reshape(1, 1)
         if full.ndim and np.all(ch == ch[:, :1]):
@@ -192,19 +310,36 @@ class _Importer:
     def _binary(self, node, sign):
         x, y = (self.env.get(n) for n in node.input[:2])
         if isinstance(x, Expr) and isinstance(y, Expr):
-            if x.shape != y.shape:
-                self.fail(node, f"operand shapes {x.shape} and {y.shape} differ (no broadcasting of activations)")
-            maps = dict(x.maps)
-            for s, m in y.maps.items():
-                m = m if sign > 0 else L.compose(L.Scale(m.out_shape, m.out_shape, -np.ones(m.out_shape[0])), m)
-                maps[s] = L.add_maps(maps[s], m) if s in maps else m
-            return Expr(x.shape, maps, x.bias + sign * y.bias)
+            x, y = self.broadcast(node, x, y)
+            return x.plus(y, sign)
         if isinstance(x, Expr):
+            if np.size(y) == 1:
+                return x.scaled(1.0, sign * float(np.asarray(y).ravel()[0]))
             return Expr(x.shape, x.maps, x.bias + sign * self.per_sample(node, y, x.shape))
         e = self.expr(node, 1)
+        if np.size(x) == 1:
+            return e.scaled(float(sign), float(np.asarray(x).ravel()[0]))
         if sign < 0:
             e = e.apply(L.Scale(e.shape, e.shape, -np.ones(e.shape[0])))
         return Expr(e.shape, e.maps, e.bias + self.per_sample(node, x, e.shape))
+
+    def broadcast(self, node, x: Expr, y: Expr):
+        """Both activations broadcast (numpy rules, per sample) to their common shape."""
+        if x.shape == y.shape:
+            return x, y
+        try:
+            shape = np.broadcast_shapes(x.shape, y.shape)
+        except ValueError:
+            self.fail(node, f"operand shapes {x.shape} and {y.shape} do not broadcast")
+        if len(x.shape) != len(shape) or len(y.shape) != len(shape):
+            self.fail(node, f"operand shapes {x.shape} and {y.shape} differ in rank")
+
+        def to(e):
+            if e.shape == shape:
+                return e
+            idx = np.broadcast_to(np.arange(int(np.prod(e.shape))).reshape(e.shape), shape)
+            return self._select(e, np.ascontiguousarray(idx))
+        return to(x), to(y)
 
     def op_Add(self, node, a):
         return self._binary(node, +1)
@@ -215,9 +350,39 @@ class _Importer:
     def op_Mul(self, node, a):
         x, y = (self.env.get(n) for n in node.input[:2])
         if isinstance(x, Expr) and isinstance(y, Expr):
-            self.fail(node, "multiplying two activations is not supported yet")
+            return self.product(node, x, y)
         e, c = (x, y) if isinstance(x, Expr) else (y, x)
         return self.elementwise(node, e, c)
+
+    def _fused(self, a: Expr, b: Expr):
+        """x * (alpha + beta * g(gamma x + delta)) when b is an affine function of a fitted
+        gate g whose input is an affine function of a's root: one fused fitted unit."""
+        ra, sa, oa = a.root()
+        rb, sb, ob = b.root()
+        gate = self.gates.get(rb.gate) if rb.gate else None
+        if gate is None or gate.fn is None:
+            return None
+        rg, sg, og = gate.expr.root()
+        if rg is not ra or a.shape != b.shape:
+            return None
+        from .activations import ScalarFn
+        fn = ScalarFn("gated", (sa, oa, ob, sb, sg, og), gate.fn)
+        return ra, fn
+
+    def product(self, node, x: Expr, y: Expr) -> Expr:
+        for a, b in ((x, y), (y, x)):
+            got = self._fused(a, b)
+            if got is not None:
+                root, fn = got
+                return self.gate(node, root, fn.canonical(), fn=fn, pre_tensor="")
+        # x * y = ((x + y) / 2)^2 - ((x - y) / 2)^2: two fitted square units
+        from .activations import ScalarFn
+        x, y = self.broadcast(node, x, y)
+        sq = ScalarFn("square")
+        p = self.gate(node, x.plus(y).scaled(0.5), "square", fn=sq, pre_tensor="", tensor="", suffix="sum")
+        m = self.gate(node, x.plus(y, -1.0).scaled(0.5), "square", fn=sq, pre_tensor="", tensor="",
+                      suffix="diff")
+        return p.plus(m, -1.0)
 
     def op_Div(self, node, a):
         e = self.expr(node)
@@ -350,6 +515,101 @@ class _Importer:
         pads = self._pads(node, a, e.shape[1:], k, strides, (1, 1))
         return self._pool(node, e, k, strides, pads, bool(a.get("count_include_pad", 0)))
 
+    def op_MaxPool(self, node, a):
+        e = self.expr(node)
+        if len(node.output) > 1 and node.output[1]:
+            self.fail(node, "the Indices output of MaxPool is not supported")
+        k = tuple(a["kernel_shape"])
+        if len(k) != 2 or len(e.shape) != 3:
+            self.fail(node, f"only 2-D pooling on (C, H, W) is supported; input {e.shape}")
+        if a.get("ceil_mode", 0):
+            self.fail(node, "ceil_mode=1 is not supported")
+        if tuple(a.get("dilations", (1, 1))) != (1, 1):
+            self.fail(node, "dilated MaxPool is not supported")
+        strides = tuple(a.get("strides", (1, 1)))
+        pads = self._pads(node, a, e.shape[1:], k, strides, (1, 1))
+        src = self.gates.get(e.gate) if e.gate else None
+        nonneg = src is not None and src.fn is None and e.gate is not None
+        if any(pads) and not nonneg:
+            self.fail(node, "padded MaxPool needs a non-negative input (a ReLU-family activation); "
+                            "this input can be negative")
+        c, h, w = e.shape
+        (pt, pl, pb, pr), (sh, sw) = pads, strides
+        ho, wo = (h + pt + pb - k[0]) // sh + 1, (w + pl + pr - k[1]) // sw + 1
+        flat = np.arange(c * h * w).reshape(c, h, w)
+        terms = []
+        for i in range(k[0]):
+            for j in range(k[1]):
+                yi = np.arange(ho)[:, None] * sh - pt + i
+                xj = np.arange(wo)[None, :] * sw - pl + j
+                ok = (yi >= 0) & (yi < h) & (xj >= 0) & (xj < w)
+                idx = np.where(ok[None], flat[:, np.clip(yi, 0, h - 1), np.clip(xj, 0, w - 1)], -1)
+                terms.append(self._select(e, idx))   # padding reads 0 = max-neutral for x >= 0
+        # a tree of max(p, q) = q + relu(p - q); each relu is an exact AMOS ADC when the input
+        # is a ReLU gate's code (same step, see quantize.lower)
+        level = 0
+        while len(terms) > 1:
+            nxt = []
+            for t in range(0, len(terms) - 1, 2):
+                p, q = terms[t], terms[t + 1]
+                r = self.gate(node, p.plus(q, -1.0), "max", pre_tensor="", tensor="",
+                              suffix=f"max{level}_{t // 2}", alpha_from=e.gate if nonneg else None)
+                nxt.append(q.plus(r))
+            if len(terms) % 2:
+                nxt.append(terms[-1])
+            terms = nxt
+            level += 1
+        return terms[0]
+
+    def op_Resize(self, node, a):
+        e = self.expr(node)
+        mode = a.get("mode", b"nearest")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode != "nearest":
+            self.fail(node, f"Resize mode {mode!r} is not supported (only 'nearest')")
+        ctm = a.get("coordinate_transformation_mode", b"half_pixel")
+        ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
+        nm = a.get("nearest_mode", b"round_prefer_floor")
+        nm = nm.decode() if isinstance(nm, bytes) else nm
+        scales = self.const(node, 2, "scales") if len(node.input) > 2 and node.input[2] else None
+        sizes = self.const(node, 3, "sizes") if len(node.input) > 3 and node.input[3] else None
+        full = (1, *e.shape)
+        if sizes is not None and np.size(sizes):
+            out = tuple(int(v) for v in sizes)
+            sc = [o / i for o, i in zip(out, full)]
+        elif scales is not None and np.size(scales):
+            sc = [float(v) for v in scales]
+            out = tuple(int(np.floor(i * s)) for i, s in zip(full, sc))
+        else:
+            self.fail(node, "Resize needs constant scales or sizes")
+        if out[0] != 1 or len(out) != len(full):
+            self.fail(node, f"Resize to {out} changes the batch axis or the rank")
+        if ctm not in ("asymmetric", "half_pixel", "pytorch_half_pixel", "align_corners"):
+            self.fail(node, f"coordinate_transformation_mode {ctm!r} is not supported")
+        axes = []
+        for ax, (n_in, n_out, s_) in enumerate(zip(full, out, sc)):
+            o = np.arange(n_out, dtype=np.float64)
+            if ctm == "asymmetric":
+                xin = o / s_
+            elif ctm == "align_corners":
+                xin = o * (n_in - 1) / (n_out - 1) if n_out > 1 else np.zeros_like(o)
+            elif ctm == "pytorch_half_pixel" and n_out == 1:
+                xin = np.zeros_like(o)
+            else:
+                xin = (o + 0.5) / s_ - 0.5
+            if nm == "floor":
+                idx = np.floor(xin)
+            elif nm == "ceil":
+                idx = np.ceil(xin)
+            elif nm == "round_prefer_ceil":
+                idx = np.floor(xin + 0.5)
+            else:  # round_prefer_floor
+                idx = np.ceil(xin - 0.5)
+            axes.append(np.clip(idx, 0, n_in - 1).astype(np.int64))
+        grid = np.arange(int(np.prod(e.shape))).reshape(e.shape)
+        idx = grid[np.ix_(*axes[1:])]
+        return self._select(e, idx)
+
     def op_GlobalAveragePool(self, node, a):
         e = self.expr(node)
         if len(e.shape) != 3:
@@ -437,7 +697,7 @@ def import_model(path) -> FloatGraph:
     model = normalize(model, path)
     name, shape, fixed = graph_input(model, path)
     g = FloatGraph(path, hashlib.sha256(data).hexdigest(), _opset(model), name, shape, fixed)
-    imp = _Importer(model, path)
+    imp = _Importer(model, path, g)
     env = imp.env
     for init in model.graph.initializer:
         arr = numpy_helper.to_array(init)
@@ -479,19 +739,7 @@ def import_model(path) -> FloatGraph:
             g.readout_tensor = node.input[0]
             continue
         if op in ACTIVATIONS:
-            e = imp.expr(node)
-            upper = None
-            if op == "Clip":
-                lo, hi = (imp.const(node, j) for j in (1, 2)) if len(node.input) > 1 else (None, None)
-                lo = a.get("min", -np.inf) if lo is None else float(lo)
-                hi = a.get("max", np.inf) if hi is None else float(hi)
-                if lo != 0.0 or not np.isfinite(hi) or hi <= 0:
-                    imp.fail(node, f"Clip({lo}, {hi}) is supported only as ReLU-n (min 0, finite max > 0)")
-                upper = float(hi)
-            gname = f"g{len(g.gates)}_{node.name or node.output[0]}"
-            g.gates.append(GateSpec(gname, e.shape, e, "relu" if upper is None else f"relu{upper:g}",
-                                    upper, node.input[0], node.output[0], node.name))
-            env[node.output[0]] = Expr(e.shape, {gname: L.identity(e.shape)}, np.zeros(e.shape))
+            env[node.output[0]] = imp.activation(node, op, a)
             continue
         handler = getattr(imp, f"op_{op}", None)
         if handler is None:
@@ -505,10 +753,20 @@ def import_model(path) -> FloatGraph:
     if len(g.readout.shape) != 1:
         raise ModelError(f"{path}: output {g.output_name!r} must be (N, classes), got per-sample shape "
                          f"{g.readout.shape}")
+    drop_dead_gates(g)
     return g
 
 
-def float_eval(fg: FloatGraph, x: np.ndarray) -> dict:
+def drop_dead_gates(g: FloatGraph) -> None:
+    """Remove gates nothing reads (e.g. a Sigmoid fused into a SiLU unit)."""
+    live = set(g.readout.maps)
+    for gate in reversed(g.gates):
+        if gate.name in live:
+            live.update(gate.expr.maps)
+    g.gates = [gate for gate in g.gates if gate.name in live]
+
+
+def float_eval(fg: FloatGraph, x: np.ndarray, pre_values: dict | None = None) -> dict:
     """Evaluate the imported graph in float64 (gate outputs and the readout).
 
     This is the ANN as amosc understood it, before any quantization: the tests
@@ -523,7 +781,9 @@ def float_eval(fg: FloatGraph, x: np.ndarray) -> dict:
         return y
 
     for g in fg.gates:
-        y = np.maximum(expr_value(g.expr), 0)
-        vals[g.name] = y if g.upper is None else np.minimum(y, g.upper)
+        pre = expr_value(g.expr)
+        if pre_values is not None:
+            pre_values[g.name] = pre
+        vals[g.name] = g.value(pre)
     vals["output"] = expr_value(fg.readout)
     return vals

@@ -146,6 +146,45 @@ class Sparse(LinearMap):
         return replace(self, out_shape=tuple(out_shape))
 
 
+@dataclass(frozen=True, eq=False)
+class ChannelTile(LinearMap):
+    """out[c * reps + s, ...] = in[c, ...]: every channel repeated ``reps`` times
+    (the input of a segmented activation: one copy per segment)."""
+    reps: int = 1
+
+    def apply(self, x):
+        return np.repeat(x, self.reps, axis=1)
+
+    def to_sparse(self):
+        c = self.in_shape[0]
+        rest = int(np.prod(self.in_shape[1:]))
+        src = np.arange(c * rest).reshape(c, 1, rest)
+        cols = np.broadcast_to(src, (c, self.reps, rest)).ravel()
+        return sp.csr_matrix((np.ones(cols.size), (np.arange(cols.size), cols)),
+                             shape=(cols.size, c * rest))
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelSum(LinearMap):
+    """out[c, ...] = sum_s f[c, s] * in[c * S + s, ...] (the output of a segmented
+    activation: segments weighted by their slopes)."""
+    f: np.ndarray = None  # (C, S)
+
+    def apply(self, x):
+        c, s = self.f.shape
+        xr = x.reshape((x.shape[0], c, s) + tuple(self.in_shape[1:]))
+        return np.einsum("ncs...,cs->nc...", xr, self.f)
+
+    def to_sparse(self):
+        c, s = self.f.shape
+        rest = int(np.prod(self.in_shape[1:]))
+        rows = np.broadcast_to(np.arange(c)[:, None, None] * rest + np.arange(rest)[None, None, :],
+                               (c, s, rest)).ravel()
+        cols = np.arange(c * s * rest)
+        vals = np.broadcast_to(self.f[:, :, None], (c, s, rest)).ravel()
+        return sp.csr_matrix((vals, (rows, cols)), shape=(c * rest, c * s * rest))
+
+
 def conv_map(in_shape, w, strides, pads, dilations, groups) -> Conv:
     ho, wo = conv_output_hw(in_shape[1:], w.shape[2:], strides, pads, dilations)
     return Conv(tuple(in_shape), (w.shape[0], ho, wo), np.asarray(w, np.float64), tuple(strides),
@@ -156,6 +195,23 @@ def compose(outer: LinearMap, inner: LinearMap) -> LinearMap:
     """The map x -> outer(inner(x))."""
     if tuple(outer.in_shape) != tuple(inner.out_shape):
         raise ValueError(f"cannot compose: {outer.in_shape} != {inner.out_shape}")
+    if isinstance(outer, ChannelTile):
+        r = outer.reps
+        if isinstance(inner, Conv):
+            return replace(inner, out_shape=outer.out_shape, w=np.repeat(inner.w, r, axis=0))
+        if isinstance(inner, Dense):
+            c = inner.out_shape[0]
+            w = np.repeat(inner.w.reshape(c, -1, inner.w.shape[1]), r, axis=0)
+            return Dense(inner.in_shape, outer.out_shape, w.reshape(-1, inner.w.shape[1]))
+    if isinstance(inner, ChannelSum):
+        c, s = inner.f.shape
+        if isinstance(outer, Scale) and outer.in_shape == outer.out_shape:
+            return replace(inner, f=inner.f * outer.s[:, None])
+        if isinstance(outer, Conv):
+            co, cig = outer.w.shape[:2]
+            cabs = (np.arange(co) // (co // outer.groups))[:, None] * cig + np.arange(cig)[None, :]
+            w = outer.w[:, :, None] * inner.f[cabs][:, :, :, None, None]   # (co, cig, S, kh, kw)
+            return replace(outer, in_shape=inner.in_shape, w=w.reshape(co, cig * s, *outer.w.shape[2:]))
     if isinstance(inner, Scale) and inner.in_shape == inner.out_shape:
         if isinstance(outer, Scale):
             return Scale(inner.in_shape, outer.out_shape, outer.s * inner.s)

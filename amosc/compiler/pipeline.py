@@ -8,8 +8,9 @@ from .. import __version__
 from ..errors import IRError, RangeError
 from ..ir.nodes import Program
 from ..ir.verify import verify
-from .calibrate import OnnxRunner, check_input_array, scale_from
-from .importer import import_model, load_model, normalize
+from .calibrate import check_input_array, scale_from
+from .expand import expand_fitted
+from .importer import import_model
 from .passes import DEFAULT_PASSES
 from .quantize import Options, lower
 
@@ -30,27 +31,44 @@ def run_passes(program: Program, passes=DEFAULT_PASSES) -> Program:
     return program
 
 
-def calibrate(fg, model, calib: np.ndarray, opts: Options):
-    runner = OnnxRunner(model, fg.input_name, fg.batch_fixed, [g.pre_tensor for g in fg.gates])
-    tensors = [g.pre_tensor for g in fg.gates]
-    samples: dict[str, list] = {t: [] for t in tensors}
-    for _, outs in runner.run(calib, tensors, desc="calibrating"):
-        for t, v in outs.items():
-            samples[t].append(np.asarray(v, np.float32))
-    alphas = {}
+CALIB_BATCH = 64
+
+
+def calibrate(fg, calib: np.ndarray, opts: Options):
+    """Ranges of every gate from the imported float graph run on the calibration data:
+    ``alphas[name]`` (per-channel upper range of ReLU-family gates) and ``ranges[name]``
+    ((lo, hi) of a fitted gate's input over the whole layer)."""
+    from ..progress import progress
+    from .importer import float_eval
+    samples: dict[str, list] = {g.name: [] for g in fg.gates}
+    n = calib.shape[0]
+    for i in progress(range(0, n, CALIB_BATCH), desc="calibrating", total=-(-n // CALIB_BATCH)):
+        pre: dict = {}
+        float_eval(fg, calib[i:i + CALIB_BATCH].astype(np.float64), pre_values=pre)
+        for g in fg.gates:
+            samples[g.name].append(pre[g.name].astype(np.float32))
+    alphas, ranges = {}, {}
     for g in fg.gates:
-        v = np.concatenate(samples[g.pre_tensor])
+        v = np.concatenate(samples.pop(g.name))
         per_sample = int(np.prod(v.shape[1:]))
         if v.size > MAX_CALIB_VALUES:  # keep whole samples, evenly spaced
             v = v[:: -(-v.shape[0] * per_sample // MAX_CALIB_VALUES)]
-        alphas[g.name] = scale_from(v, opts.calibration, opts.percentile, opts.granularity == "channel",
-                                    opts.bits)
+        if g.fn is not None:
+            flat = v.astype(np.float64).ravel()
+            if opts.calibration == "max":
+                ranges[g.name] = (float(flat.min()), float(flat.max()))
+            else:
+                ranges[g.name] = (float(np.percentile(flat, 100 - opts.percentile)),
+                                  float(np.percentile(flat, opts.percentile)))
+        else:
+            alphas[g.name] = scale_from(v, opts.calibration, opts.percentile,
+                                        opts.granularity == "channel", opts.bits)
     x = calib.astype(np.float64)
     if opts.calibration in ("max", "mse"):
         in_range = (float(x.min()), float(x.max()))
     else:
         in_range = (float(np.percentile(x, 100 - opts.percentile)), float(np.percentile(x, opts.percentile)))
-    return alphas, in_range
+    return alphas, ranges, in_range
 
 
 def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, **kw) -> Program:
@@ -62,8 +80,8 @@ def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, **
     opts = opts or Options(**kw)
     fg = import_model(model_path)
     calib = check_input_array(calib, fg.input_shape, "calibration data")
-    model = normalize(load_model(model_path)[0], fg.path)
-    alphas, in_range = calibrate(fg, model, calib, opts)
+    alphas, ranges, in_range = calibrate(fg, calib, opts)
+    fg = expand_fitted(fg, ranges, opts.bits)
     program = lower(fg, alphas, in_range, opts)
     program.options = {"bits": opts.bits, "calibration": opts.calibration,
                        "percentile": opts.percentile, "rounding": opts.rounding,

@@ -161,10 +161,12 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
     code_of = {"input": inp.code}
     zero_point = {"input": inp.zero_point}
 
-    def build(name, expr, shape, out_step):
+    def build(name, expr, shape, out_step, K=K, exact=False):
         """(population, projections) for a target with input ``expr``; ``out_step``: the
-        gate's per-channel output step, or None for the readout."""
+        gate's per-channel output step, or None for the readout. ``exact``: the steps are
+        set by the circuit (segments, max units) and must not be coarsened per channel."""
         gate = out_step is not None
+        maxcode = 2**K - 1
         bias = expr.bias.astype(np.float64).copy()
         on_codes = {}  # the maps acting on integer codes
         hi_, lo_ = np.zeros(shape), np.zeros(shape)
@@ -173,8 +175,8 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
                 bias += m.apply(np.full((1, *m.in_shape), zero_point[src]))[0]
             on_codes[src] = L.compose(m, L.Scale(m.in_shape, m.in_shape, step[src]))
             p, n = on_codes[src].row_sums()
-            hi_ += p * maxcode
-            lo_ += n * maxcode
+            hi_ += p * code_of[src].max_code
+            lo_ += n * code_of[src].max_code
         syn = np.maximum(hi_, -lo_)
         absb = np.abs(bias)
         if gate:
@@ -192,7 +194,7 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
             cap = room / (worst / out_step + maxcode)  # per channel
             if bworst.max() > 0:
                 cap = np.minimum(cap, MARGIN * BIAS_LIMIT * out_step / np.maximum(bworst, 1e-30))
-            if opts.granularity == "layer" or cap.min() >= THETA_MIN:
+            if opts.granularity == "layer" or exact or cap.min() >= THETA_MIN:
                 theta = min(theta, int(math.floor(cap.min())))   # no channel needs a coarser step
             else:  # a few channels' worst cases are huge: give those a coarser step instead
                 theta = min(theta, THETA_MIN, max(int(np.median(cap)), 1))
@@ -250,18 +252,29 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
         raise RangeError(f"layer {name!r}: no accumulator scale satisfies the 18-bit range")
 
     for gs in fg.gates:
-        alpha = np.broadcast_to(np.asarray(alphas[gs.name], np.float64), (gs.shape[0],)).copy()
-        if gs.upper is not None:
-            alpha = np.minimum(alpha, gs.upper)
-        top = float(alpha.max())
-        # A channel's range costs the next layer's weights: its column is scaled by
-        # alpha_c / alpha_max inside 8-bit mantissas. Finer than alpha_max * 2^(K-8), the
-        # weights lose more than the K-bit code gains, so per-channel ranges stop there
-        # (at K >= 8 every channel gets the layer's range). This also covers dead channels.
-        alpha = np.maximum(alpha, top * 2.0 ** min(K - WEIGHT_BITS, 0)) if top > 0 else np.ones_like(alpha)
-        out_step = alpha / maxcode
-        pop, ps = build(gs.name, gs.expr, gs.shape, out_step)
-        pop = replace(pop, activation=gs.activation, tensor=gs.tensor)
+        bits = gs.bits or K
+        src = gs.alpha_from
+        if src is not None and src in step and code_of[src].bits == bits:
+            # a max unit on a ReLU gate's codes: same step, so relu(a - b) is exact
+            out_step, exact = np.asarray(step[src], np.float64).copy(), True
+        elif gs.fixed_alpha is not None:
+            out_step, exact = np.asarray(gs.fixed_alpha, np.float64) / (2**bits - 1), True
+        else:
+            alpha = np.broadcast_to(np.asarray(alphas[gs.name], np.float64), (gs.shape[0],)).copy()
+            if gs.upper is not None:
+                alpha = np.minimum(alpha, gs.upper)
+            top = float(alpha.max())
+            # A channel's range costs the next layer's weights: its column is scaled by
+            # alpha_c / alpha_max inside 8-bit mantissas. Finer than alpha_max * 2^(K-8), the
+            # weights lose more than the K-bit code gains, so per-channel ranges stop there
+            # (at K >= 8 every channel gets the layer's range). This also covers dead channels.
+            alpha = np.maximum(alpha, top * 2.0 ** min(K - WEIGHT_BITS, 0)) if top > 0 else np.ones_like(alpha)
+            out_step, exact = alpha / maxcode, False
+        pop, ps = build(gs.name, gs.expr, gs.shape, out_step, bits, exact)
+        fit = None
+        if gs.fit is not None:
+            fit = {**gs.fit.as_dict(), "slopes": list(gs.fit.slopes), "offset": gs.fit.offset}
+        pop = replace(pop, activation=gs.activation, tensor=gs.tensor, fit=fit)
         pops.append(pop)
         projs.extend(ps)
         step[gs.name] = pop.scale

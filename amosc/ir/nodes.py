@@ -125,10 +125,17 @@ class GatePop:
     start: int = 0
     activation: str = "relu"
     tensor: str = ""  # the ONNX tensor this population reproduces
+    #: a segmented (fitted) activation: {"fn", "range", "bits", "segments", "slopes", "offset",
+    #: "max_err", "mean_err", ...}; channel c * S + s is segment s of activation channel c,
+    #: and the activation is offset + sum_s slopes[s] * decoded[c * S + s]
+    fit: dict | None = None
 
     def __post_init__(self):
         _check_bias(self.name, self.bias, self.shape)
         _check_scale(self.name, self.scale, self.shape)
+        if self.fit is not None and self.shape[0] % len(self.fit["slopes"]):
+            raise IRError(f"population {self.name!r}: {self.shape[0]} channels are not a multiple of "
+                          f"its {len(self.fit['slopes'])} segments")
 
 
 @dataclass(frozen=True, eq=False)

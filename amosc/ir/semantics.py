@@ -198,3 +198,16 @@ def decode(pop, values: np.ndarray) -> np.ndarray:
     if isinstance(pop, InputPop):
         return values * pop.scale + pop.zero_point
     return values.astype(np.float64) * pop.scale.reshape((-1,) + (1,) * (len(pop.shape) - 1))
+
+
+def decode_activation(pop, values: np.ndarray) -> np.ndarray:
+    """The activation a gate population reproduces: :func:`decode`, and for a segmented
+    (fitted) gate the slopes-weighted sum of its segments plus the offset."""
+    y = decode(pop, values)
+    fit = getattr(pop, "fit", None)
+    if not fit:
+        return y
+    slopes = np.asarray(fit["slopes"], np.float64)
+    s = slopes.size
+    y = y.reshape((y.shape[0], pop.shape[0] // s, s) + tuple(pop.shape[1:]))
+    return fit["offset"] + np.einsum("ncs...,s->nc...", y, slopes)

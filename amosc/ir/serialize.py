@@ -63,6 +63,8 @@ def to_manifest(program: Program):
                 d.update(kind="gate", activation=p.activation,
                          code={"thresholds": list(p.code.thresholds), "resets": list(p.code.resets),
                                "weights": list(p.code.weights)})
+                if p.fit is not None:
+                    d["fit"] = p.fit
             else:
                 d.update(kind="readout")
         pops.append(d)
@@ -145,7 +147,7 @@ def _from_manifest(m: dict, arr) -> Program:
             c = d["code"]
             code = Code(tuple(c["thresholds"]), tuple(c["resets"]), tuple(c["weights"]))
             pops.append(GatePop(d["name"], shape, code, arr(d["bias"]), np.asarray(d["scale"], np.float64),
-                                int(d["start"]), d["activation"], d["tensor"]))
+                                int(d["start"]), d["activation"], d["tensor"], d.get("fit")))
         elif d["kind"] == "readout":
             pops.append(ReadoutPop(d["name"], shape, arr(d["bias"]), np.asarray(d["scale"], np.float64),
                                    int(d["start"]), d["tensor"]))

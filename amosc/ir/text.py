@@ -57,6 +57,12 @@ def describe(program: Program) -> dict:
                 bp = binary_params(c)
                 if bp:
                     d.update(theta=bp[0], offset=bp[1])
+                if pop.fit is not None:
+                    f = pop.fit
+                    d["fit"] = {"fn": f["fn"], "range": list(f["range"]), "segments": f["segments"],
+                                "bits": f["bits"], "max_err": f["max_err"], "mean_err": f["mean_err"],
+                                "neurons_per_element": f["neurons_per_element"],
+                                "elements": int(np.prod(pop.shape)) // f["segments"]}
                 inh = c.bits * (c.bits - 1) // 2 * int(np.prod(pop.shape))
                 total_deployed += inh
             else:
@@ -120,6 +126,11 @@ def render(desc: dict) -> str:
                          f"h={_fmt_list(p['resets'])}  d={_fmt_list(p['weights'])}")
             lines.append(f"    scale=[{p['scale'][0]:.6g}, {p['scale'][1]:.6g}]  bias={p['bias_range']}  "
                          f"input_range={p['input_range']}  onnx={p['tensor']}")
+            if "fit" in p:
+                f = p["fit"]
+                lines.append(f"    fitted {f['fn']} on [{f['range'][0]:.4g}, {f['range'][1]:.4g}]: "
+                             f"{f['segments']} segments x {f['bits']} bits = {f['neurons_per_element']} "
+                             f"neurons/element  error max={f['max_err']:.4g} mean={f['mean_err']:.4g}")
         else:
             lines.append(f"    scale=[{p['scale'][0]:.6g}, {p['scale'][1]:.6g}]  bias={p['bias_range']}  "
                          f"input_range={p['input_range']}  onnx={p['tensor']}")

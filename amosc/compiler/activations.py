@@ -1,0 +1,222 @@
+"""Scalar activation functions and their fitted AMOS realization.
+
+Every activation other than ReLU/Clip becomes a *segmented* AMOS unit: a
+piecewise-linear (chord) approximation of f on the calibrated input range
+[a, b] with breakpoints a = b_0 < ... < b_S = b, realized as S clipped
+successive-approximation ADCs that all see the same input::
+
+    f(x) ~ f(a) + sum_s slope_s * clip(x - b_s, 0, b_{s+1} - b_s)
+
+Each segment is an ordinary K_s-bit AMOS ReLU circuit (binary thresholds,
+resets and output weights, at most one spike per neuron), so the integer
+semantics, timing, range proof and backends are those of ReLU gates; the
+slopes and the constant f(a) fold into the next layer's weights and bias.
+All segments run in parallel: the unit's depth is its bits, not S x bits.
+
+Why not one fitted K-unit code (FS neurons, free T_k / h_k / d_k)? A single
+successive-approximation chain can only place its 2^K - 1 decision thresholds
+additively in the code bits; for curved functions that leaves an error floor of
+about 1/32 of the output range whatever K is (measured: sigmoid at K=8, mean
+error 0.011 against 0.0009 for ideal 8-bit levels; SiLU 0.046 against 0.006;
+a coordinate-descent polish of the integer parameters does not move it).
+Segments trade neurons for an error bound the compiler controls: the chord
+error and each segment's rounding are both kept within half an output step of
+the K-bit grid, so the unit's max error is about one K-bit step.
+
+:func:`fit` is deterministic, pure numpy, and cached per (function, range, K).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from ..errors import ModelError
+
+#: Points of the dense grid a fit is checked on.
+GRID = 4097
+
+
+def _erf(x):
+    # Abramowitz-Stegun 7.1.26 is too coarse for fitting; use the vectorized math.erf
+    return np.vectorize(math.erf, otypes=[np.float64])(x)
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+_BASE = {
+    "sigmoid": lambda x, p: _sigmoid(x),
+    "tanh": lambda x, p: np.tanh(x),
+    "softplus": lambda x, p: np.logaddexp(0.0, x),
+    "elu": lambda x, p: np.where(x > 0, x, p[0] * np.expm1(np.minimum(x, 0.0))),
+    "selu": lambda x, p: p[1] * np.where(x > 0, x, p[0] * np.expm1(np.minimum(x, 0.0))),
+    "erf": lambda x, p: _erf(x),
+    "gelu": lambda x, p: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))),
+    "gelu_tanh": lambda x, p: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3))),
+    "silu": lambda x, p: x * _sigmoid(x),
+    "hardswish": lambda x, p: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),
+    "square": lambda x, p: x * x,
+    "identity": lambda x, p: x,
+}
+
+
+@dataclass(frozen=True)
+class ScalarFn:
+    """A scalar function by name and parameters. ``name == "gated"`` is the fused
+    product (a x + b) * (alpha + beta * inner(gamma x + delta)) that exporters emit
+    for SiLU (x * sigmoid(x)) and GELU (x * 0.5 * (1 + erf(x / sqrt 2)))."""
+
+    name: str
+    params: tuple = ()
+    inner: "ScalarFn | None" = field(default=None)
+
+    def __post_init__(self):
+        if self.name != "gated" and self.name not in _BASE:
+            raise ModelError(f"unknown activation function {self.name!r}")
+
+    def __call__(self, x):
+        x = np.asarray(x, np.float64)
+        if self.name == "gated":
+            a, b, alpha, beta, gamma, delta = self.params
+            return (a * x + b) * (alpha + beta * self.inner(gamma * x + delta))
+        return _BASE[self.name](x, self.params)
+
+    @property
+    def key(self) -> str:
+        args = ", ".join(f"{p:.6g}" for p in self.params)
+        if self.name == "gated":
+            return f"gated[{self.inner.key}]({args})"
+        return f"{self.name}({args})" if args else self.name
+
+    def canonical(self) -> str:
+        """A readable name for reports: silu / gelu when the fused product is one."""
+        if self.name == "gated":
+            a, b, alpha, beta, gamma, delta = self.params
+            if self.inner.name == "sigmoid" and np.allclose([b, alpha, delta], 0) and \
+                    np.isclose(gamma, 1) and np.isclose(a * beta, 1):
+                return "silu"
+            if self.inner.name == "erf" and np.isclose(b, 0) and np.isclose(delta, 0) and \
+                    np.isclose(gamma, 1 / math.sqrt(2), rtol=1e-4) and np.isclose(a * alpha, 0.5, rtol=1e-4) \
+                    and np.isclose(a * beta, 0.5, rtol=1e-4):
+                return "gelu"
+        return self.name
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A segmented realization of ``fn`` on [lo, hi] at ``bits`` bits per segment."""
+
+    fn: str
+    lo: float
+    hi: float
+    bits: int                 # K_s, bits of every segment's ADC
+    breaks: tuple             # b_0 .. b_S
+    slopes: tuple             # S chord slopes
+    offset: float             # f(b_0)
+    step: float               # target output step (range / (2^K - 1))
+    max_err: float            # over [lo, hi], including the segments' rounding
+    mean_err: float
+
+    @property
+    def segments(self) -> int:
+        return len(self.slopes)
+
+    @property
+    def neurons(self) -> int:
+        """Neurons per activation element."""
+        return self.segments * self.bits
+
+    def widths(self) -> np.ndarray:
+        return np.diff(np.asarray(self.breaks, np.float64))
+
+    def evaluate(self, x) -> np.ndarray:
+        """The unit's ideal value on float inputs: chord segments, each rounded to its
+        K_s-bit grid (what the integer circuit computes up to input quantization)."""
+        x = np.asarray(x, np.float64)
+        out = np.full(x.shape, self.offset)
+        levels = 2**self.bits - 1
+        for b, w, s in zip(self.breaks, self.widths(), self.slopes):
+            step = w / levels
+            c = np.clip(np.floor((x - b) / step + 0.5), 0, levels)
+            out = out + s * c * step
+        return out
+
+    def as_dict(self) -> dict:
+        return {"fn": self.fn, "range": [self.lo, self.hi], "bits": self.bits,
+                "segments": self.segments, "neurons_per_element": self.neurons,
+                "max_err": self.max_err, "mean_err": self.mean_err, "step": self.step}
+
+
+def fit(fn: ScalarFn, lo: float, hi: float, bits: int) -> Fit:
+    """Fit ``fn`` on [lo, hi] for a K-bit output (deterministic; cached)."""
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ModelError(f"cannot fit {fn.key} on a non-finite range [{lo}, {hi}]")
+    if hi <= lo:
+        hi = lo + max(abs(lo), 1.0) * 1e-3
+    # round the range so that fits of nearly equal calibrations share the cache
+    q = 10 ** (math.floor(math.log10(max(hi - lo, 1e-12))) - 3)
+    return _fit(fn, math.floor(lo / q) * q, math.ceil(hi / q) * q, int(bits))
+
+
+@lru_cache(maxsize=512)
+def _fit(fn: ScalarFn, lo: float, hi: float, bits: int) -> Fit:
+    x = np.linspace(lo, hi, GRID)
+    f = fn(x)
+    if not np.all(np.isfinite(f)):
+        raise ModelError(f"{fn.key} is not finite on [{lo:.4g}, {hi:.4g}]")
+    total = float(np.abs(np.diff(f)).sum())  # total variation on the range
+    step = max(total, 1e-12) / (2**bits - 1)
+    best = None
+    for kseg in range(1, bits + 1):
+        breaks = _segments(x, f, step, kseg)
+        cand = _make(fn, x, f, breaks, kseg, step)
+        if best is None or cand.neurons < best.neurons or \
+                (cand.neurons == best.neurons and cand.max_err < best.max_err):
+            best = cand
+    return best
+
+
+def _segments(x, f, step, kseg):
+    """Greedy breakpoints (indices into x): extend each segment while its chord error
+    stays within step/2 and its output span within (2^kseg - 1) steps."""
+    n = len(x)
+    span_cap = (2**kseg - 1) * step
+    tol = 0.5 * step
+    breaks = [0]
+    i = 0
+    while i < n - 1:
+        def ok(j):
+            seg = f[i:j + 1]
+            chord = f[i] + (f[j] - f[i]) * (x[i:j + 1] - x[i]) / (x[j] - x[i])
+            return abs(f[j] - f[i]) <= span_cap and float(np.abs(seg - chord).max()) <= tol
+
+        lo_j, hi_j = i + 1, n - 1
+        if ok(hi_j):
+            lo_j = hi_j
+        else:  # largest j with ok(j); ok is monotone enough for a bisection
+            while hi_j - lo_j > 1:
+                mid = (lo_j + hi_j) // 2
+                if ok(mid):
+                    lo_j = mid
+                else:
+                    hi_j = mid
+        breaks.append(lo_j)
+        i = lo_j
+    return breaks
+
+
+def _make(fn, x, f, idx, kseg, step) -> Fit:
+    b = x[idx]
+    fb = f[idx]
+    slopes = np.diff(fb) / np.diff(b)
+    proto = Fit(fn.key, float(x[0]), float(x[-1]), kseg, tuple(float(v) for v in b),
+                tuple(float(s) for s in slopes), float(fb[0]), float(step), 0.0, 0.0)
+    err = np.abs(proto.evaluate(x) - f)
+    return Fit(proto.fn, proto.lo, proto.hi, kseg, proto.breaks, proto.slopes, proto.offset,
+               proto.step, float(err.max()), float(err.mean()))
