@@ -1,0 +1,223 @@
+"""Issue 5: fitted activation units, max circuits, products of activations, re-indexing ops.
+
+Each op is checked at three levels: the importer's float graph against onnxruntime
+(exact up to float rounding), level 1 == level 2 integer for integer, and the compiled
+program against onnxruntime within the unit's fit error."""
+
+import math
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import amosc
+from amosc.compiler.activations import ScalarFn, fit
+from amosc.compiler.calibrate import OnnxRunner
+from amosc.compiler.importer import float_eval, import_model
+from amosc.ir.nodes import GatePop
+from amosc.ir.semantics import decode_activation, evaluate
+from conftest import structured_inputs, uniform_inputs
+from onnx_builders import GraphBuilder, save
+from test_semantics import assert_levels_equal
+
+FNS = [("sigmoid", (), -8, 8), ("tanh", (), -3, 3), ("silu", (), -6, 8), ("gelu", (), -4, 5),
+       ("softplus", (), -5, 5), ("elu", (1.0,), -4, 4), ("hardswish", (), -5, 5),
+       ("square", (), -2, 3), ("erf", (), -3, 3)]
+
+
+@pytest.mark.parametrize("name,params,lo,hi", FNS)
+@pytest.mark.parametrize("bits", [4, 8])
+def test_fit_error_is_about_one_output_step(name, params, lo, hi, bits):
+    fn = ScalarFn(name, params)
+    f = fit(fn, lo, hi, bits)
+    x = np.linspace(lo, hi, 20011)       # another grid than the fit's
+    err = np.abs(f.evaluate(x) - fn(x))
+    # chord error and rounding are each kept within half a K-bit step
+    assert err.max() <= 1.05 * f.step, (err.max(), f.step)
+    assert abs(f.max_err - err.max()) <= 0.1 * f.step
+    assert f.neurons == f.segments * f.bits and f.bits <= bits
+    # exact at the ends of every segment up to rounding; continuous chords
+    assert f.breaks[0] == pytest.approx(lo) and f.breaks[-1] == pytest.approx(hi)
+
+
+def test_fit_is_deterministic_and_cached():
+    a = fit(ScalarFn("sigmoid"), -7.9, 8.1, 6)
+    b = fit(ScalarFn("sigmoid"), -7.9, 8.1, 6)
+    assert a is b
+    c = fit(ScalarFn("sigmoid"), -7.9, 8.1, 7)
+    assert c.step < a.step
+
+
+def test_more_bits_cost_more_neurons_and_less_error():
+    fs = [fit(ScalarFn("gelu"), -4, 6, k) for k in (4, 6, 8)]
+    assert [f.max_err for f in fs] == sorted([f.max_err for f in fs], reverse=True)
+    assert [f.neurons for f in fs] == sorted(f.neurons for f in fs)
+
+
+def _act_model(op, seed=0, **attrs):
+    """(1, 8, 8) -> conv 4 -> op -> conv 4 -> relu -> GAP -> gemm 3."""
+    b = GraphBuilder((1, 8, 8), seed, opset={"HardSwish": 14, "Gelu": 20}.get(op, 13))
+    h = b.bn(b.conv("x", 1, 4), 4)
+    if op == "PRelu":
+        h = b.node("PRelu", [h, b.init(np.array([[[0.1]], [[0.3]], [[-0.2]], [[0.05]]], np.float32))])
+    elif op == "Clip":
+        lo = "" if attrs["lo"] is None else b.init(np.array(attrs["lo"], np.float32))
+        h = b.node("Clip", [h, lo, b.init(np.array(attrs["hi"], np.float32))])
+    elif op == "SiLU":
+        h = b.node("Mul", [h, b.node("Sigmoid", [h])])
+    elif op == "GELU":  # torch's exact-GELU export
+        e = b.node("Erf", [b.node("Div", [h, b.init(np.array(math.sqrt(2), np.float32))])])
+        h = b.node("Mul", [b.node("Mul", [h, b.node("Add", [e, b.init(np.array(1.0, np.float32))])]),
+                           b.init(np.array(0.5, np.float32))])
+    elif op == "HardSwishPattern":  # x * hardsigmoid(x): a product of two activations
+        h = b.node("Mul", [h, b.node("HardSigmoid", [h], alpha=1 / 6, beta=0.5)])
+    else:
+        h = b.node(op, [h], **attrs)
+    h = b.relu(b.conv(h, 4, 4))
+    h = b.node("Flatten", [b.node("GlobalAveragePool", [h])], axis=1)
+    return b.model(b.gemm(h, 4, 3), 3)
+
+
+OPS = [("Sigmoid", {}), ("Tanh", {}), ("Softplus", {}), ("Elu", {"alpha": 0.7}), ("HardSwish", {}),
+       ("HardSigmoid", {}), ("LeakyRelu", {"alpha": 0.1}), ("PRelu", {}), ("Clip", {"lo": -0.5, "hi": 1.5}),
+       ("Clip", {"lo": None, "hi": 0.8}), ("SiLU", {}), ("GELU", {}), ("Erf", {}),
+       ("HardSwishPattern", {}), ("Selu", {}), ("Gelu", {}), ("Gelu", {"approximate": "tanh"})]
+
+
+def _ort(path, x):
+    import onnx
+    m = onnx.load(str(path))
+    return OnnxRunner(m, "x", False).collect(x, [m.graph.output[0].name])[m.graph.output[0].name]
+
+
+@pytest.mark.parametrize("op,attrs", OPS, ids=[f"{o}{i}" for i, (o, _) in enumerate(OPS)])
+def test_activation_op_compiles_and_levels_agree(tmp_path, op, attrs):
+    path = save(_act_model(op, **attrs), tmp_path / "m.onnx")
+    x = structured_inputs((1, 8, 8), 60, seed=3)
+    ref = _ort(path, x)
+    fg = import_model(path)
+    np.testing.assert_allclose(float_eval(fg, x)["output"], ref, rtol=1e-4, atol=1e-4)
+    program = amosc.compile(path, x[:40], bits=8)
+    assert_levels_equal(program, x[40:])
+    logits = program.run(x).logits
+    span = ref.max() - ref.min()
+    assert np.abs(logits - ref).max() <= 0.08 * span, (np.abs(logits - ref).max(), span)
+
+
+def test_fused_patterns_are_one_unit(tmp_path):
+    for op, label in (("SiLU", "silu"), ("GELU", "gelu")):
+        fg = import_model(save(_act_model(op), tmp_path / f"{op}.onnx"))
+        acts = [g.activation for g in fg.gates]
+        assert acts == [label, "relu"], acts      # the Sigmoid / Erf gate was fused away
+
+
+def test_fitted_gate_inspect_reports_fit(tmp_path):
+    path = save(_act_model("Sigmoid"), tmp_path / "m.onnx")
+    x = structured_inputs((1, 8, 8), 30, seed=1)
+    program = amosc.compile(path, x, bits=6)
+    pop = next(p for p in program.populations if isinstance(p, GatePop) and p.fit)
+    f = pop.fit
+    assert pop.shape[0] == 4 * f["segments"] and pop.code.bits == f["bits"] <= 6
+    from amosc.ir.text import describe, render
+    text = render(describe(program))
+    assert f"fitted sigmoid on [" in text and f"{f['segments']} segments x {f['bits']} bits" in text
+    # the decoded activation follows the sigmoid within the reported error plus input quantization
+    vals = evaluate(program, x)
+    pre = {}
+    float_eval(import_model(path), x, pre_values=pre)
+    sig = 1 / (1 + np.exp(-pre[pop.name]))
+    lo, hi = f["range"]
+    inside = (pre[pop.name] >= lo) & (pre[pop.name] <= hi)
+    err = np.abs(decode_activation(pop, vals[pop.name]) - sig)[inside]
+    assert err.max() <= f["max_err"] + 0.5 * f["step"] + 0.02
+
+
+def test_saved_fitted_program_round_trips(tmp_path):
+    path = save(_act_model("Tanh"), tmp_path / "m.onnx")
+    x = structured_inputs((1, 8, 8), 30, seed=2)
+    program = amosc.compile(path, x, bits=5)
+    program.save(tmp_path / "m.amos")
+    again = amosc.load(tmp_path / "m.amos")
+    a, b = evaluate(program, x), evaluate(again, x)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert [p.fit for p in again.populations if isinstance(p, GatePop)] == \
+        [p.fit for p in program.populations if isinstance(p, GatePop)]
+
+
+def _pool_model(kernel=2, stride=2, pad=0, before_relu=False):
+    b = GraphBuilder((2, 9, 9), 5)
+    h = b.bn(b.conv("x", 2, 3), 3)
+    if not before_relu:
+        h = b.relu(h)
+    h = b.node("MaxPool", [h], kernel_shape=[kernel, kernel], strides=[stride, stride], pads=[pad] * 4)
+    if before_relu:
+        h = b.relu(h)
+    ho = (9 + 2 * pad - kernel) // stride + 1
+    h = b.node("Flatten", [h], axis=1)
+    return b.model(b.gemm(h, 3 * ho * ho, 4), 4)
+
+
+@pytest.mark.parametrize("kernel,stride,pad", [(2, 2, 0), (3, 2, 1), (3, 1, 0)])
+def test_maxpool_units_are_exact_on_relu_codes(tmp_path, kernel, stride, pad):
+    path = save(_pool_model(kernel, stride, pad), tmp_path / "m.onnx")
+    x = structured_inputs((2, 9, 9), 50, seed=7)
+    np.testing.assert_allclose(float_eval(import_model(path), x)["output"], _ort(path, x), rtol=1e-4, atol=1e-4)
+    program = amosc.compile(path, x[:30], bits=6)
+    ev, _ = assert_levels_equal(program, x[30:])
+    src = next(p for p in program.populations if isinstance(p, GatePop) and p.activation == "relu")
+    maxes = [p for p in program.populations if isinstance(p, GatePop) and p.activation == "max"]
+    assert maxes and all(np.array_equal(m.scale, src.scale) for m in maxes)
+    # first max unit: relu(window[0,0] - window[0,1]) on the source's codes, integer for integer
+    c = np.pad(ev[src.name], ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho = (9 + 2 * pad - kernel) // stride + 1
+    a = c[:, :, 0:stride * ho:stride, 0:stride * ho:stride][:, :, :ho, :ho]
+    b_ = c[:, :, 0:stride * ho:stride, 1:1 + stride * ho:stride][:, :, :ho, :ho]
+    np.testing.assert_array_equal(ev[maxes[0].name], np.maximum(a - b_, 0))
+
+
+def test_maxpool_before_relu_is_supported_without_padding(tmp_path):
+    path = save(_pool_model(before_relu=True), tmp_path / "m.onnx")
+    x = structured_inputs((2, 9, 9), 40, seed=8)
+    program = amosc.compile(path, x[:30], bits=6)
+    assert_levels_equal(program, x[30:])
+
+
+def test_padded_maxpool_on_signed_input_is_a_clear_error(tmp_path):
+    from amosc.errors import ModelError
+    path = save(_pool_model(3, 2, 1, before_relu=True), tmp_path / "m.onnx")
+    with pytest.raises(ModelError, match=r"MaxPool.*non-negative"):
+        import_model(path)
+
+
+def test_squeeze_excitation_product_of_activations(tmp_path):
+    b = GraphBuilder((1, 8, 8), 11)
+    h = b.relu(b.bn(b.conv("x", 1, 4), 4))
+    s = b.node("GlobalAveragePool", [h])
+    s = b.relu(b.conv(s, 4, 2, k=1, pad=0))
+    s = b.node("Sigmoid", [b.conv(s, 2, 4, k=1, pad=0)])
+    h = b.node("Mul", [h, s])                          # (4, 8, 8) * (4, 1, 1)
+    h = b.node("Flatten", [b.node("GlobalAveragePool", [h])], axis=1)
+    path = save(b.model(b.gemm(h, 4, 3), 3), tmp_path / "se.onnx")
+    x = structured_inputs((1, 8, 8), 60, seed=4)
+    ref = _ort(path, x)
+    fg = import_model(path)
+    np.testing.assert_allclose(float_eval(fg, x)["output"], ref, rtol=1e-4, atol=1e-4)
+    assert [g.activation for g in fg.gates].count("square") == 2
+    program = amosc.compile(path, x[:40], bits=8)
+    assert_levels_equal(program, x[40:])
+    assert np.abs(program.run(x).logits - ref).max() <= 0.08 * (ref.max() - ref.min())
+
+
+@pytest.mark.parametrize("mode,nearest", [("asymmetric", "floor"), ("half_pixel", "round_prefer_floor"),
+                                          ("align_corners", "round_prefer_ceil")])
+def test_resize_nearest_and_concat(tmp_path, mode, nearest):
+    b = GraphBuilder((1, 6, 6), 2)
+    h = b.relu(b.conv("x", 1, 2))
+    up = b.node("Resize", [h, "", b.init(np.array([1, 1, 2, 1.5], np.float32))], mode="nearest",
+                coordinate_transformation_mode=mode, nearest_mode=nearest)
+    h = b.node("Flatten", [up], axis=1)
+    path = save(b.model(b.gemm(h, 2 * 12 * 9, 3), 3), tmp_path / "r.onnx")
+    x = structured_inputs((1, 6, 6), 40, seed=5)
+    np.testing.assert_allclose(float_eval(import_model(path), x)["output"], _ort(path, x), rtol=1e-4, atol=1e-4)
+    program = amosc.compile(path, x[:30], bits=6)
+    assert_levels_equal(program, x[30:])
