@@ -34,6 +34,19 @@ def compiled(tmp_path, kind, bits):
         h = b.node("Clip", [b.gemm("x", 5, 6), b.init(np.array(0, np.float32)), b.init(np.array(6, np.float32))])
         path = save(b.model(b.gemm(h, 6, 3), 3), tmp_path / "m.onnx")
         x = uniform_inputs((5,), 40, seed=2, lo=-2, hi=2)
+    elif kind == "gates_mlp":   # fitted units, exact leaky ADC pair and a product of activations
+        b = GraphBuilder((5,), seed=9)
+        t = b.node("Tanh", [b.gemm("x", 5, 6)])
+        s_ = b.node("Sigmoid", [b.gemm(t, 6, 6)])
+        h = b.node("Mul", [b.node("LeakyRelu", [b.gemm(t, 6, 6)], alpha=0.2), s_])
+        path = save(b.model(b.gemm(h, 6, 3), 3), tmp_path / "m.onnx")
+        x = uniform_inputs((5,), 40, seed=2, lo=-2, hi=2)
+    elif kind == "maxpool_cnn":
+        b = GraphBuilder((1, 6, 6), seed=4)
+        h = b.node("MaxPool", [b.relu(b.conv("x", 1, 2))], kernel_shape=[2, 2], strides=[2, 2])
+        h = b.node("Flatten", [h], axis=1)
+        path = save(b.model(b.gemm(h, 18, 3), 3), tmp_path / "m.onnx")
+        x = structured_inputs((1, 6, 6), 40, seed=1)
     else:
         residual, pool = {"cnn_res_avg": (True, "avg"), "cnn_res_gap": (True, "gap"),
                           "cnn_plain": (False, "gap")}[kind]
@@ -52,14 +65,16 @@ def assert_spike_equal(program, res, ref):
 
 
 @pytest.mark.parametrize("kind,bits", [("mlp", 4), ("relu6_mlp", 3), ("cnn_res_avg", 4),
-                                       ("cnn_res_gap", 6), ("cnn_plain", 8)])
+                                       ("cnn_res_gap", 6), ("cnn_plain", 8), ("gates_mlp", 5),
+                                       ("maxpool_cnn", 4)])
 def test_fast_style_spike_for_spike(tmp_path, kind, bits):
     program, x = compiled(tmp_path, kind, bits)
     res = get_backend("lava").run(program, x, record=True, interval=1)
     assert_spike_equal(program, res, simulate(program, x, record=True))
 
 
-@pytest.mark.parametrize("kind,bits,n", [("mlp", 3, 10), ("relu6_mlp", 2, 6), ("cnn_res_avg", 2, 3)])
+@pytest.mark.parametrize("kind,bits,n", [("mlp", 3, 10), ("relu6_mlp", 2, 6), ("cnn_res_avg", 2, 3),
+                                         ("gates_mlp", 3, 4), ("maxpool_cnn", 2, 3)])
 def test_loihi_style_spike_for_spike(tmp_path, kind, bits, n):
     program, x = compiled(tmp_path, kind, bits)
     res = get_backend("lava-loihi").run(program, x[:n], record=True, interval=1)
