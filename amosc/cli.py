@@ -56,8 +56,8 @@ def main():
               help="Output .amos file [default: MODEL with .amos suffix].")
 @click.option("--bits", "-K", default=8, show_default=True, type=click.IntRange(1, 16),
               help="K: time steps (units) per AMOS gate.")
-@click.option("--calibration", type=click.Choice(["percentile", "max", "mse"]), default="percentile",
-              show_default=True, help="How each layer's scale is set from the calibration data.")
+@click.option("--calibration", type=click.Choice(["percentile", "max", "mse"]), default="mse",
+              show_default=True, help="How each layer's scale is set from the calibration data: mse = the range with the least K-bit quantization error (per channel), percentile = --percentile of the values, max.")
 @click.option("--percentile", default=99.99, show_default=True, type=click.FloatRange(0, 100, min_open=True),
               help="Percentile of a layer's activations used as its scale.")
 @click.option("--rounding", type=click.Choice(["round", "floor"]), default="round", show_default=True,

@@ -209,6 +209,12 @@ def _segments(x, f, step, kseg):
                     hi_j = mid
         breaks.append(lo_j)
         i = lo_j
+    # a sliver left at the end would need a very fine ADC step for a fraction of a level:
+    # share the last two segments' range evenly instead (the fit's error is re-measured)
+    if len(breaks) > 2:
+        a, b, c = breaks[-3:]
+        if abs(f[c] - f[b]) < step or (x[c] - x[b]) < (x[-1] - x[0]) / 2**8:
+            breaks[-2] = (a + c) // 2
     return breaks
 
 
