@@ -323,9 +323,10 @@ All models take `input`: float32 `(N, 1, 28, 28)` (pixel / 255 in `[0, 1]`, no m
 normalization; `N` is fixed to 1 in `mobilenet.onnx`) and produce `probs`: float32
 `(N, 10)` softmax probabilities. Each graph has exactly this one input (initializers are
 not listed as graph inputs). They keep their `BatchNormalization` nodes (not folded into
-the convolutions) and use only the default ONNX domain. Any Identity nodes that the exporter inserts for parameters with equal
-values are replaced by separate initializers (as for the example model); `Constant`
-nodes (Clip bounds, GELU constants) are left as exported.
+the convolutions) and use only the default ONNX domain. Any Identity nodes that the
+exporter inserts for parameters with equal values are replaced by separate initializers
+(as for the example model); `Constant` nodes (Clip bounds, GELU constants) are left as
+exported.
 
 Data: these fixtures ship no data of their own. Use the example's files, which are
 held out from training for these models too:
