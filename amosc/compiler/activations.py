@@ -38,6 +38,8 @@ from ..errors import ModelError
 
 #: Points of the dense grid a fit is checked on.
 GRID = 4097
+#: Narrowest segment, as a fraction of the fitted range.
+MIN_WIDTH = 1 / 64
 
 
 def _erf(x):
@@ -173,13 +175,12 @@ def _fit(fn: ScalarFn, lo: float, hi: float, bits: int) -> Fit:
         raise ModelError(f"{fn.key} is not finite on [{lo:.4g}, {hi:.4g}]")
     total = float(np.abs(np.diff(f)).sum())  # total variation on the range
     step = max(total, 1e-12) / (2**bits - 1)
-    best = None
-    for kseg in range(1, bits + 1):
-        breaks = _segments(x, f, step, kseg)
-        cand = _make(fn, x, f, breaks, kseg, step)
-        if best is None or cand.neurons < best.neurons or \
-                (cand.neurons == best.neurons and cand.max_err < best.max_err):
-            best = cand
+    cands = [_make(fn, x, f, _segments(x, f, step, k), k, step) for k in range(1, bits + 1)]
+    ok = [c for c in cands if c.max_err <= 1.05 * step]  # chord and rounding within a step
+    if ok:  # the cheapest that meets the bound
+        best = min(ok, key=lambda c: (c.neurons, c.max_err))
+    else:   # the width floor made every choice miss it: the most accurate
+        best = min(cands, key=lambda c: (c.max_err, c.neurons))
     return best
 
 
@@ -191,6 +192,7 @@ def _segments(x, f, step, kseg):
     tol = 0.5 * step
     breaks = [0]
     i = 0
+    min_pts = int(math.ceil((n - 1) * MIN_WIDTH))
     while i < n - 1:
         def ok(j):
             seg = f[i:j + 1]
@@ -207,13 +209,16 @@ def _segments(x, f, step, kseg):
                     lo_j = mid
                 else:
                     hi_j = mid
+        # no segment narrower than MIN_WIDTH of the range: a narrow segment's ADC step is so
+        # fine that the layer's worst-case input would not fit the accumulator
+        lo_j = min(max(lo_j, i + min_pts), n - 1)
         breaks.append(lo_j)
         i = lo_j
     # a sliver left at the end would need a very fine ADC step for a fraction of a level:
     # share the last two segments' range evenly instead (the fit's error is re-measured)
     if len(breaks) > 2:
         a, b, c = breaks[-3:]
-        if abs(f[c] - f[b]) < step or (x[c] - x[b]) < (x[-1] - x[0]) / 2**8:
+        if abs(f[c] - f[b]) < step or (x[c] - x[b]) < (x[-1] - x[0]) * MIN_WIDTH:
             breaks[-2] = (a + c) // 2
     return breaks
 
