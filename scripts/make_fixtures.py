@@ -46,39 +46,30 @@ SHIPPED_DATA = "examples/fmnist_resnet"
 
 # ----------------------------------------------------------------------------- models
 
-def build_mobilenet():
-    """MobileNetV2-style: ReLU6 (-> Clip(0, 6)), inverted residuals with linear bottlenecks."""
+def _parts(act):
+    """Building blocks shared by the MobileNet- and EfficientNet-style models: conv+BN(+act)
+    layers, a residual body, and a classifier with the GAP + Linear head."""
     import torch.nn as nn
 
-    def conv_bn(cin, cout, k, stride=1, groups=1, act=True):
+    def conv_bn(cin, cout, k, stride=1, groups=1, act_on=True):
         layers = [nn.Conv2d(cin, cout, k, stride, padding=k // 2, groups=groups, bias=False),
                   nn.BatchNorm2d(cout)]
-        return layers + [nn.ReLU6()] if act else layers
+        return layers + [act()] if act_on else layers
 
-    class InvertedResidual(nn.Module):
-        def __init__(self, cin, hidden, cout, stride):
+    class Block(nn.Module):
+        def __init__(self, layers, residual):
             super().__init__()
-            self.body = nn.Sequential(
-                *conv_bn(cin, hidden, 1),                                # expand
-                *conv_bn(hidden, hidden, 3, stride, groups=hidden),      # depthwise
-                *conv_bn(hidden, cout, 1, act=False),                    # linear bottleneck
-            )
-            self.residual = stride == 1 and cin == cout
+            self.body = nn.Sequential(*layers)
+            self.residual = residual
 
         def forward(self, x):
             y = self.body(x)
             return x + y if self.residual else y
 
-    class MobileNet(nn.Module):
-        def __init__(self):
+    class Classifier(nn.Module):
+        def __init__(self, *features):
             super().__init__()
-            self.features = nn.Sequential(
-                *conv_bn(1, 16, 3),                      # 16x28x28
-                InvertedResidual(16, 32, 24, 2),         # 24x14x14
-                InvertedResidual(24, 32, 24, 1),         # 24x14x14, residual Add
-                InvertedResidual(24, 32, 32, 2),         # 32x7x7
-                *conv_bn(32, 32, 1),                     # head 1x1 conv
-            )
+            self.features = nn.Sequential(*features)
             self.gap = nn.AdaptiveAvgPool2d(1)
             self.fc = nn.Linear(32, 10)
 
@@ -88,17 +79,33 @@ def build_mobilenet():
         def forward(self, x):
             return self.logits(x).softmax(dim=1)
 
-    return MobileNet()
+    return conv_bn, Block, Classifier
+
+
+def build_mobilenet():
+    """MobileNetV2-style: ReLU6 (-> Clip(0, 6)), inverted residuals with linear bottlenecks."""
+    import torch.nn as nn
+    conv_bn, Block, Classifier = _parts(nn.ReLU6)
+
+    def inverted_residual(cin, hidden, cout, stride):
+        return Block([*conv_bn(cin, hidden, 1),                                # expand
+                      *conv_bn(hidden, hidden, 3, stride, groups=hidden),      # depthwise
+                      *conv_bn(hidden, cout, 1, act_on=False)],                # linear bottleneck
+                     stride == 1 and cin == cout)
+
+    return Classifier(
+        *conv_bn(1, 16, 3),                          # 16x28x28
+        inverted_residual(16, 32, 24, 2),            # 24x14x14
+        inverted_residual(24, 32, 24, 1),            # 24x14x14, residual Add
+        inverted_residual(24, 32, 32, 2),            # 32x7x7
+        *conv_bn(32, 32, 1),                         # head 1x1 conv
+    )
 
 
 def build_efficientnet():
     """EfficientNet-style: SiLU, MBConv blocks with depthwise conv and squeeze-excitation."""
     import torch.nn as nn
-
-    def conv_bn(cin, cout, k, stride=1, groups=1, act=True):
-        layers = [nn.Conv2d(cin, cout, k, stride, padding=k // 2, groups=groups, bias=False),
-                  nn.BatchNorm2d(cout)]
-        return layers + [nn.SiLU()] if act else layers
+    conv_bn, Block, Classifier = _parts(nn.SiLU)
 
     class SqueezeExcite(nn.Module):
         def __init__(self, c, reduced):
@@ -112,41 +119,20 @@ def build_efficientnet():
         def forward(self, x):
             return x * self.gate(x)  # (N, C, 1, 1) broadcast over H, W
 
-    class MBConv(nn.Module):
-        def __init__(self, cin, hidden, cout, stride, se_reduced):
-            super().__init__()
-            self.body = nn.Sequential(
-                *conv_bn(cin, hidden, 1),                            # expand
-                *conv_bn(hidden, hidden, 3, stride, groups=hidden),  # depthwise
-                SqueezeExcite(hidden, se_reduced),
-                *conv_bn(hidden, cout, 1, act=False),                # project
-            )
-            self.residual = stride == 1 and cin == cout
+    def mbconv(cin, hidden, cout, stride, se_reduced):
+        return Block([*conv_bn(cin, hidden, 1),                                # expand
+                      *conv_bn(hidden, hidden, 3, stride, groups=hidden),      # depthwise
+                      SqueezeExcite(hidden, se_reduced),
+                      *conv_bn(hidden, cout, 1, act_on=False)],                # project
+                     stride == 1 and cin == cout)
 
-        def forward(self, x):
-            y = self.body(x)
-            return x + y if self.residual else y
-
-    class EfficientNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.features = nn.Sequential(
-                *conv_bn(1, 16, 3),              # 16x28x28
-                MBConv(16, 32, 24, 2, 8),        # 24x14x14
-                MBConv(24, 32, 24, 1, 8),        # 24x14x14, residual Add
-                MBConv(24, 32, 32, 2, 8),        # 32x7x7
-                *conv_bn(32, 32, 1),             # head 1x1 conv
-            )
-            self.gap = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(32, 10)
-
-        def logits(self, x):
-            return self.fc(self.gap(self.features(x)).flatten(1))
-
-        def forward(self, x):
-            return self.logits(x).softmax(dim=1)
-
-    return EfficientNet()
+    return Classifier(
+        *conv_bn(1, 16, 3),              # 16x28x28
+        mbconv(16, 32, 24, 2, 8),        # 24x14x14
+        mbconv(24, 32, 24, 1, 8),        # 24x14x14, residual Add
+        mbconv(24, 32, 32, 2, 8),        # 32x7x7
+        *conv_bn(32, 32, 1),             # head 1x1 conv
+    )
 
 
 def build_gelu_maxpool():

@@ -29,7 +29,7 @@ the K-bit grid, so the unit's max error is about one K-bit step.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -230,5 +230,4 @@ def _make(fn, x, f, idx, kseg, step) -> Fit:
     proto = Fit(fn.key, float(x[0]), float(x[-1]), kseg, tuple(float(v) for v in b),
                 tuple(float(s) for s in slopes), float(fb[0]), float(step), 0.0, 0.0)
     err = np.abs(proto.evaluate(x) - f)
-    return Fit(proto.fn, proto.lo, proto.hi, kseg, proto.breaks, proto.slopes, proto.offset,
-               proto.step, float(err.max()), float(err.mean()))
+    return replace(proto, max_err=float(err.max()), mean_err=float(err.mean()))

@@ -19,13 +19,9 @@ from .activations import fit
 from .importer import Expr, FloatGraph, GateSpec
 
 
-def _channels(v, shape):
-    return np.asarray(v, np.float64).reshape((-1,) + (1,) * (len(shape) - 1))
-
-
 def expand_fitted(fg: FloatGraph, ranges: dict, bits: int) -> FloatGraph:
     """Replace every fitted gate (``gate.fn``) by its segments; ``ranges[name] = (lo, hi)``."""
-    replaced: dict[str, tuple[str, L.ChannelSum, float]] = {}
+    replaced: dict[str, tuple[L.ChannelSum, float]] = {}  # gate -> (segment sum, f(lo))
     gates = []
     for gate in fg.gates:
         expr = _rewire(gate.expr, replaced)
@@ -39,12 +35,12 @@ def expand_fitted(fg: FloatGraph, ranges: dict, bits: int) -> FloatGraph:
         tile = L.ChannelTile(tuple(gate.shape), shape, s)
         breaks = np.tile(np.asarray(f.breaks[:-1]), c)
         widths = np.tile(f.widths(), c)
-        seg = expr.apply(tile, -np.broadcast_to(_channels(breaks, shape), shape))
+        seg = expr.apply(tile, -np.broadcast_to(L.per_channel(breaks, shape), shape))
         new = GateSpec(gate.name, shape, seg, gate.activation, widths, gate.pre_tensor, gate.tensor,
                        gate.node, fixed_alpha=widths, bits=f.bits, fit=f)
         gates.append(new)
         slopes = np.broadcast_to(np.asarray(f.slopes), (c, s)).copy()
-        replaced[gate.name] = (gate.name, L.ChannelSum(shape, tuple(gate.shape), slopes), f.offset)
+        replaced[gate.name] = (L.ChannelSum(shape, tuple(gate.shape), slopes), f.offset)
     fg.gates = gates
     fg.readout = _rewire(fg.readout, replaced)
     return fg
@@ -62,10 +58,9 @@ def _rewire(e: Expr, replaced: dict) -> Expr:
         return e
     maps, bias = {}, e.bias.astype(np.float64).copy()
     for src, m in e.maps.items():
-        if src in replaced:
-            name, csum, offset = replaced[src]
+        if src in replaced:  # the segment gate keeps the name of the gate it replaces
+            csum, offset = replaced[src]
             bias = bias + m.apply(np.full((1, *m.in_shape), offset))[0]
             m = L.compose(m, csum)
-            src = name
-        maps[src] = L.add_maps(maps[src], m) if src in maps else m
+        L.accumulate(maps, src, m)
     return Expr(e.shape, maps, bias)

@@ -20,6 +20,7 @@ from onnx import numpy_helper
 
 from ..errors import ModelError
 from . import linear as L
+from .activations import ScalarFn
 
 #: ONNX op types the importer supports (docs/onnx-support.md says how each maps).
 SUPPORTED_OPS = (
@@ -73,7 +74,7 @@ class Expr:
         for s, m in other.maps.items():
             if sign != 1.0:
                 m = L.compose(L.Scale(m.out_shape, m.out_shape, np.full(m.out_shape[0], float(sign))), m)
-            maps[s] = L.add_maps(maps[s], m) if s in maps else m
+            L.accumulate(maps, s, m)
         return Expr(self.shape, maps, self.bias + sign * other.bias)
 
     def scaled(self, c: float, o: float = 0.0) -> "Expr":
@@ -128,6 +129,11 @@ class FloatGraph:
     softmax: str | None = None   # "Softmax"/"LogSoftmax" dropped at the output
 
 
+def _str(v) -> str:
+    """A string attribute as onnx.helper returns it (bytes) or as a default (str)."""
+    return v.decode() if isinstance(v, bytes) else v
+
+
 class _Importer:
     def __init__(self, model: onnx.ModelProto, path: str, graph: "FloatGraph"):
         self.model = model
@@ -151,7 +157,6 @@ class _Importer:
         return Expr(e.shape, {name: L.identity(e.shape)}, np.zeros(e.shape), gate=name)
 
     def activation(self, node, op, a) -> Expr:
-        from .activations import ScalarFn
         e = self.expr(node)
         if op == "Relu":
             return self.gate(node, e, "relu")
@@ -161,17 +166,13 @@ class _Importer:
             hi = float(a.get("max", np.inf) if hi is None else np.asarray(hi).ravel()[0])
             if hi < lo:
                 self.fail(node, f"Clip bounds min={lo} > max={hi}")
-            if np.isfinite(lo) and np.isfinite(hi):   # lo + clip(x - lo, 0, hi - lo)
-                label = f"relu{hi:g}" if lo == 0 else f"clip[{lo:g},{hi:g}]"
-                pre = node.input[0] if lo == 0 else ""
-                out = self.gate(node, e.scaled(1.0, -lo) if lo else e, label, upper=hi - lo, pre_tensor=pre,
-                                tensor=None if lo == 0 else "")
-                return out.scaled(1.0, lo) if lo else out
-            if np.isfinite(lo):                       # lo + relu(x - lo)
-                pre = node.input[0] if lo == 0 else ""
-                out = self.gate(node, e.scaled(1.0, -lo) if lo else e, "relu", pre_tensor=pre,
-                                tensor=None if lo == 0 else "")
-                return out.scaled(1.0, lo) if lo else out
+            if np.isfinite(lo):                       # lo + clip(x - lo, 0, hi - lo), hi may be inf
+                upper = hi - lo if np.isfinite(hi) else None
+                label = "relu" if upper is None else f"relu{hi:g}" if lo == 0 else f"clip[{lo:g},{hi:g}]"
+                if lo == 0:
+                    return self.gate(node, e, label, upper=upper)
+                out = self.gate(node, e.scaled(1.0, -lo), label, upper=upper, pre_tensor="", tensor="")
+                return out.scaled(1.0, lo)
             if np.isfinite(hi):                       # hi - relu(hi - x)
                 out = self.gate(node, e.scaled(-1.0, hi), f"clip[-inf,{hi:g}]", pre_tensor="", tensor="")
                 return out.scaled(-1.0, hi)
@@ -185,8 +186,7 @@ class _Importer:
             return self.gate(node, e.scaled(a.get("alpha", 0.2), a.get("beta", 0.5)), "hardsigmoid",
                              upper=1.0, pre_tensor="")
         if op == "Gelu":
-            approx = a.get("approximate", b"none")
-            approx = approx.decode() if isinstance(approx, bytes) else approx
+            approx = _str(a.get("approximate", "none"))
             return self.gate(node, e, "gelu", fn=ScalarFn("gelu_tanh" if approx == "tanh" else "gelu"))
         if op == "Elu":
             return self.gate(node, e, "elu", fn=ScalarFn("elu", (float(a.get("alpha", 1.0)),)))
@@ -263,8 +263,7 @@ class _Importer:
         return e.apply(m, extra)
 
     def _pads(self, node, a, hw, k, strides, dil):
-        auto = a.get("auto_pad", b"NOTSET")
-        auto = auto.decode() if isinstance(auto, bytes) else auto
+        auto = _str(a.get("auto_pad", "NOTSET"))
         if auto in ("NOTSET", ""):
             p = tuple(a.get("pads", (0, 0, 0, 0)))
             return (p[0], p[1], p[2], p[3])
@@ -365,7 +364,6 @@ class _Importer:
         rg, sg, og = gate.expr.root()
         if rg is not ra or a.shape != b.shape:
             return None
-        from .activations import ScalarFn
         fn = ScalarFn("gated", (sa, oa, ob, sb, sg, og), gate.fn)
         return ra, fn
 
@@ -376,7 +374,6 @@ class _Importer:
                 root, fn = got
                 return self.gate(node, root, fn.canonical(), fn=fn, pre_tensor="")
         # x * y = ((x + y) / 2)^2 - ((x - y) / 2)^2: two fitted square units
-        from .activations import ScalarFn
         x, y = self.broadcast(node, x, y)
         sq = ScalarFn("square")
         p = self.gate(node, x.plus(y).scaled(0.5), "square", fn=sq, pre_tensor="", tensor="", suffix="sum")
@@ -441,8 +438,7 @@ class _Importer:
 
     def op_Pad(self, node, a):
         e = self.expr(node)
-        mode = a.get("mode", b"constant")
-        mode = mode.decode() if isinstance(mode, bytes) else mode
+        mode = _str(a.get("mode", "constant"))
         if mode != "constant":
             self.fail(node, f"Pad mode {mode!r} is not supported (only 'constant')")
         pads = self.const(node, 1, "pads") if len(node.input) > 1 else a.get("pads")
@@ -487,7 +483,7 @@ class _Importer:
             pos[tuple(sl)] = np.arange(int(np.prod(p.shape))).reshape(p.shape)
             emb = self._select(p, pos)
             for src, m in emb.maps.items():
-                maps[src] = L.add_maps(maps[src], m) if src in maps else m
+                L.accumulate(maps, src, m)
             biases.append(p.bias)
             offset += p.shape[ax]
         return Expr(out_shape, maps, np.concatenate(biases, axis=ax))
@@ -529,7 +525,7 @@ class _Importer:
         strides = tuple(a.get("strides", (1, 1)))
         pads = self._pads(node, a, e.shape[1:], k, strides, (1, 1))
         src = self.gates.get(e.gate) if e.gate else None
-        nonneg = src is not None and src.fn is None and e.gate is not None
+        nonneg = src is not None and src.fn is None   # a ReLU-family gate's output
         if any(pads) and not nonneg:
             self.fail(node, "padded MaxPool needs a non-negative input (a ReLU-family activation); "
                             "this input can be negative")
@@ -563,14 +559,11 @@ class _Importer:
 
     def op_Resize(self, node, a):
         e = self.expr(node)
-        mode = a.get("mode", b"nearest")
-        mode = mode.decode() if isinstance(mode, bytes) else mode
+        mode = _str(a.get("mode", "nearest"))
         if mode != "nearest":
             self.fail(node, f"Resize mode {mode!r} is not supported (only 'nearest')")
-        ctm = a.get("coordinate_transformation_mode", b"half_pixel")
-        ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
-        nm = a.get("nearest_mode", b"round_prefer_floor")
-        nm = nm.decode() if isinstance(nm, bytes) else nm
+        ctm = _str(a.get("coordinate_transformation_mode", "half_pixel"))
+        nm = _str(a.get("nearest_mode", "round_prefer_floor"))
         scales = self.const(node, 2, "scales") if len(node.input) > 2 and node.input[2] else None
         sizes = self.const(node, 3, "sizes") if len(node.input) > 3 and node.input[3] else None
         full = (1, *e.shape)

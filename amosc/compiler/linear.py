@@ -185,6 +185,16 @@ class ChannelSum(LinearMap):
         return sp.csr_matrix((vals, (rows, cols)), shape=(c * rest, c * s * rest))
 
 
+def per_channel(v, shape) -> np.ndarray:
+    """A per-channel vector (C,) shaped to broadcast over a per-sample tensor of ``shape``."""
+    return np.asarray(v, np.float64).reshape((-1,) + (1,) * (len(shape) - 1))
+
+
+def accumulate(maps: dict, src: str, m: LinearMap) -> None:
+    """maps[src] += m (a map from the same source adds; a new source is inserted)."""
+    maps[src] = add_maps(maps[src], m) if src in maps else m
+
+
 def conv_map(in_shape, w, strides, pads, dilations, groups) -> Conv:
     ho, wo = conv_output_hw(in_shape[1:], w.shape[2:], strides, pads, dilations)
     return Conv(tuple(in_shape), (w.shape[0], ho, wo), np.asarray(w, np.float64), tuple(strides),

@@ -140,11 +140,6 @@ def _csr_int8(mat) -> sp.csr_matrix:
     return out
 
 
-def _channels(v, shape) -> np.ndarray:
-    """A per-channel vector (C,) shaped to broadcast over a per-sample tensor of ``shape``."""
-    return np.asarray(v, np.float64).reshape((-1,) + (1,) * (len(shape) - 1))
-
-
 def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Program:
     """Build the integer program. ``alphas``: calibrated upper range per gate name, one
     value per channel (C,); ``input_range``: (lo, hi) of the input values."""
@@ -231,7 +226,7 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
                 else:
                     coarser *= 2.0**excess
                 continue
-            b = np.clip(np.rint(bias / _channels(u, shape)), -BIAS_LIMIT, BIAS_LIMIT).astype(np.int32)
+            b = np.clip(np.rint(bias / L.per_channel(u, shape)), -BIAS_LIMIT, BIAS_LIMIT).astype(np.int32)
             if gate:
                 offset = theta // 2 if opts.rounding == "round" else 0
                 pop = GatePop(name, shape, Code.binary(K, theta, offset), b, np.asarray(out_step, np.float64))
