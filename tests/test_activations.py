@@ -11,7 +11,7 @@ import pytest
 from onnx import helper
 
 import amosc
-from amosc.compiler.activations import ScalarFn, fit
+from amosc.compiler.activations import ScalarFn, fit, fit_layer
 from amosc.compiler.calibrate import OnnxRunner
 from amosc.compiler.importer import float_eval, import_model
 from amosc.ir.nodes import GatePop
@@ -52,6 +52,25 @@ def test_more_bits_cost_more_neurons_and_less_error():
     fs = [fit(ScalarFn("gelu"), -4, 6, k) for k in (4, 6, 8)]
     assert [f.max_err for f in fs] == sorted([f.max_err for f in fs], reverse=True)
     assert [f.neurons for f in fs] == sorted(f.neurons for f in fs)
+
+
+def test_layer_fit_gives_each_channel_its_own_range_with_one_shape():
+    fn = ScalarFn("silu")
+    los, his = [-8.0, -1.0, -3.0], [6.0, 0.5, 20.0]
+    lf = fit_layer(fn, los, his, 8)
+    assert lf.breaks.shape == (3, lf.segments + 1) and lf.slopes.shape == (3, lf.segments)
+    for f, lo, hi in zip(lf.fits, los, his):
+        assert f.bits == lf.bits and f.segments == lf.segments
+        assert f.breaks[0] == pytest.approx(lo, abs=1e-2) and f.breaks[-1] == pytest.approx(hi, abs=1e-2)
+        x = np.linspace(lo, hi, 9973)
+        err = np.abs(f.evaluate(x) - fn(x))
+        assert err.max() <= 1.05 * f.step  # split (padded) channels keep their bound
+        # the narrow channel is far more precise than one layer-wide fit would be
+    wide = fit(fn, min(los), max(his), 8)
+    x = np.linspace(-1.0, 0.5, 999)
+    assert np.abs(lf.fits[1].evaluate(x) - fn(x)).max() < 0.2 * np.abs(wide.evaluate(x) - fn(x)).max()
+    d = lf.as_dict()
+    assert d["channels"] == 3 and len(d["ranges"]) == 3 and d["max_err"] == max(f.max_err for f in lf.fits)
 
 
 def _act_model(op, seed=0, **attrs):
@@ -126,10 +145,12 @@ def test_fitted_gate_inspect_reports_fit(tmp_path):
     pre = {}
     float_eval(import_model(path), x, pre_values=pre)
     sig = 1 / (1 + np.exp(-pre[pop.name]))
-    lo, hi = f["range"]
+    lo, hi = (np.asarray(v).reshape(1, -1, 1, 1) for v in zip(*f["ranges"]))
+    assert lo.shape[1] == f["channels"] == 4
     inside = (pre[pop.name] >= lo) & (pre[pop.name] <= hi)
-    err = np.abs(decode_activation(pop, vals[pop.name]) - sig)[inside]
-    assert err.max() <= f["max_err"] + 0.5 * f["step"] + 0.02
+    err = np.abs(decode_activation(pop, vals[pop.name]) - sig)
+    steps = np.broadcast_to(np.asarray(f["steps"]).reshape(1, -1, 1, 1), err.shape)
+    assert np.all(err[inside] <= f["max_err"] + 0.5 * steps[inside] + 0.02)
 
 
 def test_saved_fitted_program_round_trips(tmp_path):
@@ -221,3 +242,41 @@ def test_resize_nearest_and_concat(tmp_path, mode, nearest):
     np.testing.assert_allclose(float_eval(import_model(path), x)["output"], _ort(path, x), rtol=1e-4, atol=1e-4)
     program = amosc.compile(path, x[:30], bits=6)
     assert_levels_equal(program, x[30:])
+
+
+def test_balanced_square_pair_keeps_the_product_and_shrinks_its_error(tmp_path):
+    from amosc.compiler.expand import expand_fitted
+    from amosc.compiler.pipeline import balance_pair, calibrate
+    from amosc.compiler.quantize import Options
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 20, (50, 3, 4)), rng.uniform(0, 0.5, (50, 3, 4))
+    a, u, v = balance_pair((x + y) / 2, (x - y) / 2)
+    np.testing.assert_allclose(u**2 - v**2, x * y, rtol=1e-9)
+    np.testing.assert_allclose(a, np.sqrt(y.max(axis=(0, 2)) / x.max(axis=(0, 2))))
+    # on a squeeze-excitation block (a ReLU map times 10 times a sigmoid gate), the
+    # balanced pair's chord fits carry less product error than the unbalanced pair's
+    b = GraphBuilder((1, 8, 8), 11)
+    h = b.relu(b.bn(b.conv("x", 1, 4), 4))
+    s = b.node("Sigmoid", [b.conv(b.node("GlobalAveragePool", [h]), 4, 4, k=1, pad=0)])
+    h = b.node("Mul", [b.node("Mul", [h, b.init(np.array(10.0, np.float32))]), s])
+    h = b.node("Flatten", [b.node("GlobalAveragePool", [h])], axis=1)
+    path = save(b.model(b.gemm(h, 4, 3), 3), tmp_path / "se.onnx")
+    xs = structured_inputs((1, 8, 8), 60, seed=4)
+    ref = _ort(path, xs)
+    errs = []
+    for balanced in (False, True):
+        fg = import_model(path)
+        opts = Options(bits=4, calibration="max")
+        _, ranges, balance, _ = calibrate(fg, xs, opts)
+        assert len(balance) == 1
+        if not balanced:  # the plain pair's own ranges
+            fg0 = import_model(path)
+            pre = {}
+            float_eval(fg0, xs, pre_values=pre)
+            for g in fg0.gates:
+                if g.activation == "square":
+                    p = np.moveaxis(pre[g.name], 1, 0).reshape(g.shape[0], -1)
+                    ranges[g.name] = (p.min(1), p.max(1))
+        out = float_eval(expand_fitted(fg, ranges, opts.bits, balance if balanced else None), xs)
+        errs.append(np.abs(out["output"] - ref).mean())
+    assert errs[1] < 0.8 * errs[0], errs

@@ -147,3 +147,35 @@ def test_mse_calibration_compiles_and_levels_agree(tmp_path):
     p = amosc.compile(path, x[:40], bits=4, calibration="mse")
     assert p.options["calibration"] == "mse"
     assert_levels_equal(p, x[40:])
+
+
+def _code_mse(v, alpha, bits):
+    step = alpha / (2**bits - 1)
+    return float(np.mean((np.minimum(np.round(v / step), 2**bits - 1) * step - v) ** 2))
+
+
+@pytest.mark.parametrize("bits", [3, 8])
+def test_mse_range_on_many_samples_is_near_the_exhaustive_optimum(bits):
+    from amosc.compiler.calibrate import MSE_SAMPLES, mse_range
+    rng = np.random.default_rng(bits)
+    v = np.concatenate([rng.exponential(1.0, 200_000), -rng.exponential(1.0, 50_000)])
+    assert v[v > 0].size > 4 * MSE_SAMPLES  # the subsampled path
+    pos = v[v > 0]
+    got = mse_range(v, bits)
+    grid = pos.max() * np.linspace(1 / 256, 1, 256)
+    best = min(_code_mse(pos, a, bits) for a in grid)
+    assert 0 < got < pos.max()  # clips the exponential tail
+    assert _code_mse(pos, got, bits) <= 1.02 * best
+
+
+def test_sixteen_bit_weights_keep_per_channel_ranges_at_k8(tmp_path):
+    """With a second mantissa set, a channel with a 50x smaller range keeps its own step
+    at K=8 (one 8-bit set would force the layer's range onto it)."""
+    from amosc.ir.nodes import GatePop
+    model = small_cnn(seed=4, pool="avg")
+    path = save(model, tmp_path / "cnn.onnx")
+    x = structured_inputs((1, 12, 12), 100, seed=3)
+    for wbits, spread in ((16, True), (8, False)):
+        p = amosc.compile(path, x, bits=8, weight_bits=wbits, calibration="max")
+        g = next(q for q in p.populations if isinstance(q, GatePop))
+        assert (g.scale.max() / g.scale.min() > 1.5) == spread

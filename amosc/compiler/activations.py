@@ -23,7 +23,10 @@ Segments trade neurons for an error bound the compiler controls: the chord
 error and each segment's rounding are both kept within half an output step of
 the K-bit grid, so the unit's max error is about one K-bit step.
 
-:func:`fit` is deterministic, pure numpy, and cached per (function, range, K).
+:func:`fit_layer` fits every channel on its own calibrated range (channels of one
+layer differ by large factors after BatchNorm folding), with one segment count and
+segment width in bits for the whole layer so the segments form a regular population.
+Fits are deterministic, pure numpy, and cached per (function, range, K).
 """
 
 from __future__ import annotations
@@ -155,33 +158,113 @@ class Fit:
                 "max_err": self.max_err, "mean_err": self.mean_err, "step": self.step}
 
 
+@dataclass(frozen=True)
+class LayerFit:
+    """Per-channel fits of one activation layer, all with the same segment count and
+    segment bits: channel c's segments are rows c * S .. c * S + S - 1 of the gate."""
+
+    fits: tuple  # one Fit per channel
+
+    @property
+    def segments(self) -> int:
+        return self.fits[0].segments
+
+    @property
+    def bits(self) -> int:
+        return self.fits[0].bits
+
+    @property
+    def neurons(self) -> int:
+        return self.fits[0].neurons
+
+    @property
+    def breaks(self) -> np.ndarray:  # (C, S + 1)
+        return np.array([f.breaks for f in self.fits], np.float64)
+
+    @property
+    def slopes(self) -> np.ndarray:  # (C, S)
+        return np.array([f.slopes for f in self.fits], np.float64)
+
+    @property
+    def offsets(self) -> np.ndarray:  # (C,)
+        return np.array([f.offset for f in self.fits], np.float64)
+
+    def widths(self) -> np.ndarray:  # (C, S)
+        return np.diff(self.breaks, axis=1)
+
+    def as_dict(self) -> dict:
+        """What the IR keeps: a summary for reports and what decoding needs."""
+        f0 = self.fits[0]
+        return {"fn": f0.fn, "range": [min(f.lo for f in self.fits), max(f.hi for f in self.fits)],
+                "bits": self.bits, "segments": self.segments, "neurons_per_element": self.neurons,
+                "channels": len(self.fits),
+                "max_err": max(f.max_err for f in self.fits),
+                "mean_err": float(np.mean([f.mean_err for f in self.fits])),
+                "step": max(f.step for f in self.fits),
+                "ranges": [[f.lo, f.hi] for f in self.fits], "steps": [f.step for f in self.fits],
+                "slopes": self.slopes.tolist(), "offset": self.offsets.tolist()}
+
+
 def fit(fn: ScalarFn, lo: float, hi: float, bits: int) -> Fit:
-    """Fit ``fn`` on [lo, hi] for a K-bit output (deterministic; cached)."""
+    """Fit ``fn`` on [lo, hi] for a K-bit output (deterministic; cached): the cheapest
+    segmentation whose max error is within about one K-bit step."""
+    return fit_layer(fn, [lo], [hi], bits).fits[0]
+
+
+def fit_layer(fn: ScalarFn, los, his, bits: int) -> LayerFit:
+    """Fit ``fn`` on each channel's range [los[c], his[c]] for a K-bit output, with the
+    segment bits K_s that make the layer cheapest (S_max * K_s neurons per element) while
+    every channel meets its one-step bound; channels needing fewer segments split their
+    largest ones (which only lowers their error)."""
+    cands = [_candidates(fn, *_range_key(lo, hi), int(bits)) for lo, hi in zip(los, his)]
+    options = []
+    for k in range(int(bits)):
+        per = [c[k] for c in cands]
+        worst = max(f.max_err / f.step for f in per)
+        options.append((worst > 1.05, max(f.segments for f in per) * per[0].bits, worst, k))
+    _, _, _, k = min(options)  # meets the bound, then cheapest (else: most accurate)
+    n = max(c[k].segments for c in cands)
+    return LayerFit(tuple(_split_to(fn, c[k], n) for c in cands))
+
+
+def _range_key(lo, hi) -> tuple:
     lo, hi = float(lo), float(hi)
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ModelError(f"cannot fit {fn.key} on a non-finite range [{lo}, {hi}]")
+        raise ModelError(f"cannot fit a function on a non-finite range [{lo}, {hi}]")
     if hi <= lo:
         hi = lo + max(abs(lo), 1.0) * 1e-3
     # round the range so that fits of nearly equal calibrations share the cache
     q = 10 ** (math.floor(math.log10(max(hi - lo, 1e-12))) - 3)
-    return _fit(fn, math.floor(lo / q) * q, math.ceil(hi / q) * q, int(bits))
+    return math.floor(lo / q) * q, math.ceil(hi / q) * q
 
 
-@lru_cache(maxsize=512)
-def _fit(fn: ScalarFn, lo: float, hi: float, bits: int) -> Fit:
+@lru_cache(maxsize=4096)
+def _candidates(fn: ScalarFn, lo: float, hi: float, bits: int) -> tuple:
+    """The greedy segmentation for each segment width K_s = 1 .. bits."""
     x = np.linspace(lo, hi, GRID)
     f = fn(x)
     if not np.all(np.isfinite(f)):
         raise ModelError(f"{fn.key} is not finite on [{lo:.4g}, {hi:.4g}]")
     total = float(np.abs(np.diff(f)).sum())  # total variation on the range
     step = max(total, 1e-12) / (2**bits - 1)
-    cands = [_make(fn, x, f, _segments(x, f, step, k), k, step) for k in range(1, bits + 1)]
-    ok = [c for c in cands if c.max_err <= 1.05 * step]  # chord and rounding within a step
-    if ok:  # the cheapest that meets the bound
-        best = min(ok, key=lambda c: (c.neurons, c.max_err))
-    else:   # the width floor made every choice miss it: the most accurate
-        best = min(cands, key=lambda c: (c.max_err, c.neurons))
-    return best
+    return tuple(_make(fn, x, f, _segments(x, f, step, k), k, step) for k in range(1, bits + 1))
+
+
+def _split_to(fn: ScalarFn, f: Fit, n: int) -> Fit:
+    """``f`` with its segments of largest output span halved until it has n segments."""
+    if f.segments >= n:
+        return f
+    x = np.linspace(f.lo, f.hi, GRID)
+    idx = [int(round((b - f.lo) / (f.hi - f.lo) * (GRID - 1))) for b in f.breaks]
+    while len(idx) - 1 < n:
+        spans = [abs(s) * w if j - i > 1 else -1.0
+                 for s, w, i, j in zip(np.diff(fn(x[idx])) / np.diff(x[idx]), np.diff(x[idx]),
+                                       idx[:-1], idx[1:])]
+        i = int(np.argmax(spans))
+        if spans[i] < 0:
+            raise ModelError(f"cannot split {f.fn} on [{f.lo:.4g}, {f.hi:.4g}] into {n} segments")
+        idx.insert(i + 1, (idx[i] + idx[i + 1]) // 2)
+    return _make(fn, x, fn(x), idx, f.bits, f.step)
 
 
 def _segments(x, f, step, kseg):

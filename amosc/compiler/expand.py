@@ -1,13 +1,13 @@
 """Expand fitted activation gates into segmented AMOS ReLU gates (after calibration).
 
-A gate ``g`` with a scalar function f and calibrated input range [lo, hi] is
-replaced by one gate of shape (C * S, ...) whose channel c * S + s is the
-clipped ADC of segment s of channel c (see :mod:`.activations`)::
+A gate ``g`` with a scalar function f and calibrated input range [lo_c, hi_c] per
+channel c is replaced by one gate of shape (C * S, ...) whose channel c * S + s is
+the clipped ADC of segment s of channel c (see :mod:`.activations`)::
 
-    g(x)[c] = f(lo) + sum_s slope_s * clip(x[c] - b_s, 0, w_s)
+    g(x)[c] = f(lo_c) + sum_s slope_cs * clip(x[c] - b_cs, 0, w_cs)
 
 Every expression that read ``g`` now reads the segments through a
-:class:`~.linear.ChannelSum` of the slopes, plus the constant f(lo) in its bias.
+:class:`~.linear.ChannelSum` of the slopes, plus the constants f(lo_c) in its bias.
 """
 
 from __future__ import annotations
@@ -15,35 +15,52 @@ from __future__ import annotations
 import numpy as np
 
 from . import linear as L
-from .activations import fit
+from .activations import fit_layer
 from .importer import Expr, FloatGraph, GateSpec
 
 
-def expand_fitted(fg: FloatGraph, ranges: dict, bits: int) -> FloatGraph:
-    """Replace every fitted gate (``gate.fn``) by its segments; ``ranges[name] = (lo, hi)``."""
-    replaced: dict[str, tuple[L.ChannelSum, float]] = {}  # gate -> (segment sum, f(lo))
+def expand_fitted(fg: FloatGraph, ranges: dict, bits: int, balance: dict | None = None) -> FloatGraph:
+    """Replace every fitted gate (``gate.fn``) by its segments; ``ranges[name] = (lo, hi)``,
+    two arrays (C,) of per-channel bounds. ``balance[u]``: the per-channel factor a of a
+    product's square pair (u, v), whose inputs become u' = alpha u + beta v and
+    v' = beta u + alpha v with alpha = (a + 1/a) / 2, beta = (a - 1/a) / 2."""
+    replaced: dict[str, tuple[L.ChannelSum, np.ndarray]] = {}  # gate -> (segment sum, f(lo_c))
+    balanced: dict[str, Expr] = {}
+    by_name = {g.name: g for g in fg.gates}
     gates = []
     for gate in fg.gates:
-        expr = _rewire(gate.expr, replaced)
+        expr = balanced.pop(gate.name, None) or _rewire(gate.expr, replaced)
+        if gate.partner is not None and balance and gate.name in balance:
+            u, v = expr, _rewire(by_name[gate.partner].expr, replaced)
+            a = np.asarray(balance[gate.name], np.float64)
+            alpha, beta = (a + 1 / a) / 2, (a - 1 / a) / 2
+            expr = _mix(u, alpha, v, beta)
+            balanced[gate.partner] = _mix(u, beta, v, alpha)
         if gate.fn is None:
             gates.append(_with_expr(gate, expr))
             continue
-        lo, hi = ranges[gate.name]
-        f = fit(gate.fn, lo, hi, bits)
-        c, s = gate.shape[0], f.segments
-        shape = (c * s, *gate.shape[1:])
-        tile = L.ChannelTile(tuple(gate.shape), shape, s)
-        breaks = np.tile(np.asarray(f.breaks[:-1]), c)
-        widths = np.tile(f.widths(), c)
+        c = gate.shape[0]
+        lo, hi = (np.broadcast_to(np.asarray(v, np.float64), (c,)) for v in ranges[gate.name])
+        f = fit_layer(gate.fn, lo, hi, bits)
+        shape = (c * f.segments, *gate.shape[1:])
+        tile = L.ChannelTile(tuple(gate.shape), shape, f.segments)
+        breaks = f.breaks[:, :-1].ravel()
+        widths = f.widths().ravel()
         seg = expr.apply(tile, -np.broadcast_to(L.per_channel(breaks, shape), shape))
         new = GateSpec(gate.name, shape, seg, gate.activation, widths, gate.pre_tensor, gate.tensor,
                        gate.node, fixed_alpha=widths, bits=f.bits, fit=f)
         gates.append(new)
-        slopes = np.broadcast_to(np.asarray(f.slopes), (c, s)).copy()
-        replaced[gate.name] = (L.ChannelSum(shape, tuple(gate.shape), slopes), f.offset)
+        replaced[gate.name] = (L.ChannelSum(shape, tuple(gate.shape), f.slopes), f.offsets)
     fg.gates = gates
     fg.readout = _rewire(fg.readout, replaced)
     return fg
+
+
+def _mix(u: Expr, cu: np.ndarray, v: Expr, cv: np.ndarray) -> Expr:
+    """cu * u + cv * v with per-channel factors (C,)."""
+    def times(e, c):
+        return e.apply(L.Scale(e.shape, e.shape, np.asarray(c, np.float64)))
+    return times(u, cu).plus(times(v, cv))
 
 
 def _with_expr(gate: GateSpec, expr: Expr) -> GateSpec:
@@ -59,8 +76,9 @@ def _rewire(e: Expr, replaced: dict) -> Expr:
     maps, bias = {}, e.bias.astype(np.float64).copy()
     for src, m in e.maps.items():
         if src in replaced:  # the segment gate keeps the name of the gate it replaces
-            csum, offset = replaced[src]
-            bias = bias + m.apply(np.full((1, *m.in_shape), offset))[0]
+            csum, offsets = replaced[src]
+            const = np.broadcast_to(L.per_channel(offsets, m.in_shape), (1, *m.in_shape))
+            bias = bias + m.apply(const)[0]
             m = L.compose(m, csum)
         L.accumulate(maps, src, m)
     return Expr(e.shape, maps, bias)

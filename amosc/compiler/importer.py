@@ -98,6 +98,9 @@ class GateSpec:
     fixed_alpha: object = None      # per-channel range set by the compiler, not calibrated
     bits: int | None = None         # code bits when not the program's K (segments)
     fit: object = None              # the Fit a segmented gate realizes
+    #: a product's pair of square units u^2 - v^2 (u = (x + y) / 2, v = (x - y) / 2): the
+    #: u gate names the v gate; calibration balances the pair per channel (see expand.py)
+    partner: str | None = None
 
     @property
     def fitted(self) -> bool:
@@ -379,6 +382,7 @@ class _Importer:
         p = self.gate(node, x.plus(y).scaled(0.5), "square", fn=sq, pre_tensor="", tensor="", suffix="sum")
         m = self.gate(node, x.plus(y, -1.0).scaled(0.5), "square", fn=sq, pre_tensor="", tensor="",
                       suffix="diff")
+        self.gates[p.gate].partner = m.gate
         return p.plus(m, -1.0)
 
     def op_Div(self, node, a):

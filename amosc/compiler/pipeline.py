@@ -36,8 +36,10 @@ CALIB_BATCH = 64
 
 def calibrate(fg, calib: np.ndarray, opts: Options):
     """Ranges of every gate from the imported float graph run on the calibration data:
-    ``alphas[name]`` (per-channel upper range of ReLU-family gates) and ``ranges[name]``
-    ((lo, hi) of a fitted gate's input over the whole layer)."""
+    ``alphas[name]`` (per-channel upper range of ReLU-family gates), ``ranges[name]``
+    ((lo, hi) of a fitted gate's input per channel, see :func:`fitted_range`; of the
+    balanced input for product squares) and ``balance[name]`` (per-channel factor of a
+    product's square pair, see :func:`balance_pair`)."""
     from ..progress import progress
     from .importer import float_eval
     samples: dict[str, list] = {g.name: [] for g in fg.gates}
@@ -47,19 +49,19 @@ def calibrate(fg, calib: np.ndarray, opts: Options):
         float_eval(fg, calib[i:i + CALIB_BATCH].astype(np.float64), pre_values=pre)
         for g in fg.gates:
             samples[g.name].append(pre[g.name].astype(np.float32))
-    alphas, ranges = {}, {}
+    alphas, ranges, balance = {}, {}, {}
     for g in fg.gates:
-        v = np.concatenate(samples.pop(g.name))
+        if g.partner is not None:
+            balance[g.name], samples[g.name], samples[g.partner] = balance_pair(
+                np.concatenate(samples[g.name]), np.concatenate(samples[g.partner]))
+    for g in fg.gates:
+        v = samples.pop(g.name)
+        v = np.concatenate(v) if isinstance(v, list) else v
         per_sample = int(np.prod(v.shape[1:]))
         if v.size > MAX_CALIB_VALUES:  # keep whole samples, evenly spaced
             v = v[:: -(-v.shape[0] * per_sample // MAX_CALIB_VALUES)]
         if g.fn is not None:
-            flat = v.astype(np.float64).ravel()
-            if opts.calibration == "max":
-                ranges[g.name] = (float(flat.min()), float(flat.max()))
-            else:
-                ranges[g.name] = (float(np.percentile(flat, 100 - opts.percentile)),
-                                  float(np.percentile(flat, opts.percentile)))
+            ranges[g.name] = fitted_range(v, opts)
         else:
             alphas[g.name] = scale_from(v, opts.calibration, opts.percentile,
                                         opts.granularity == "channel", opts.bits)
@@ -68,7 +70,38 @@ def calibrate(fg, calib: np.ndarray, opts: Options):
         in_range = (float(x.min()), float(x.max()))
     else:
         in_range = (float(np.percentile(x, 100 - opts.percentile)), float(np.percentile(x, opts.percentile)))
-    return alphas, ranges, in_range
+    return alphas, ranges, balance, in_range
+
+
+def balance_pair(u: np.ndarray, v: np.ndarray):
+    """For a product x y = u^2 - v^2 with u = (x + y) / 2, v = (x - y) / 2 (samples
+    (N, C, ...)): per channel the a with a |x| and |y| / a of equal range, and the
+    balanced inputs u' = (a x + y / a) / 2, v' = (a x - y / a) / 2 (u'^2 - v'^2 = x y
+    still). Unbalanced, a product of a large x and a small y is the small difference of
+    two large squares; balanced, each square spans about 4 max|x y|."""
+    x, y = u + v, u - v
+    c = u.shape[1]
+    ax = np.abs(np.moveaxis(x, 1, 0).reshape(c, -1)).max(axis=1)
+    ay = np.abs(np.moveaxis(y, 1, 0).reshape(c, -1)).max(axis=1)
+    ok = (ax > 0) & (ay > 0)
+    a = np.where(ok, np.sqrt(np.where(ok, ay, 1.0) / np.where(ok, ax, 1.0)), 1.0)
+    ab = a.reshape((1, c) + (1,) * (u.ndim - 2))
+    return a, (ab * x + y / ab) / 2, (ab * x - y / ab) / 2
+
+
+def fitted_range(v: np.ndarray, opts: Options) -> tuple:
+    """(lo, hi), each (C,): the input range a fitted gate is fitted on, per channel of the
+    samples v (N, C, ...) (the layer's range for every channel with granularity 'layer'):
+    min/max with 'max' calibration, else the (100 - p, p) percentiles."""
+    rows = np.moveaxis(v, 1, 0).reshape(v.shape[1], -1).astype(np.float64)
+    if opts.granularity == "layer":
+        rows = rows.reshape(1, -1)
+    if opts.calibration == "max":
+        lo, hi = rows.min(axis=1), rows.max(axis=1)
+    else:
+        lo, hi = np.percentile(rows, [100 - opts.percentile, opts.percentile], axis=1)
+    c = v.shape[1]
+    return np.broadcast_to(lo, (c,)).copy(), np.broadcast_to(hi, (c,)).copy()
 
 
 def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, **kw) -> Program:
@@ -80,8 +113,8 @@ def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, **
     opts = opts or Options(**kw)
     fg = import_model(model_path)
     calib = check_input_array(calib, fg.input_shape, "calibration data")
-    alphas, ranges, in_range = calibrate(fg, calib, opts)
-    fg = expand_fitted(fg, ranges, opts.bits)
+    alphas, ranges, balance, in_range = calibrate(fg, calib, opts)
+    fg = expand_fitted(fg, ranges, opts.bits, balance)
     program = lower(fg, alphas, in_range, opts)
     program.options = {"bits": opts.bits, "calibration": opts.calibration,
                        "percentile": opts.percentile, "rounding": opts.rounding,

@@ -26,7 +26,6 @@ from .importer import FloatGraph
 MARGIN = 0.97  # head-room for mantissa rounding; the exact bound is re-checked after
 THETA_TARGET = 64  # accumulator units per output step to aim for
 THETA_MIN = 8      # below this, coarsen the few channels that limit theta instead
-WEIGHT_BITS = 8
 
 
 @dataclass(frozen=True)
@@ -260,14 +259,14 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
             top = float(alpha.max())
             # A channel's range costs the next layer's weights: its column is scaled by
             # alpha_c / alpha_max inside 8-bit mantissas. Finer than alpha_max * 2^(K-8), the
-            # weights lose more than the K-bit code gains, so per-channel ranges stop there
-            # (at K >= 8 every channel gets the layer's range). This also covers dead channels.
-            alpha = np.maximum(alpha, top * 2.0 ** min(K - WEIGHT_BITS, 0)) if top > 0 else np.ones_like(alpha)
+            # weights lose more than the K-bit code gains, so per-channel ranges stop there (with
+            # one 8-bit mantissa set at K >= 8 every channel gets the layer's range; a second set
+            # for the residue leaves room for 16 - K more bits). This also covers dead channels.
+            floor = top * 2.0 ** min(K - opts.weight_bits, 0)
+            alpha = np.maximum(alpha, floor) if top > 0 else np.ones_like(alpha)
             out_step, exact = alpha / maxcode, False
         pop, ps = build(gs.name, gs.expr, gs.shape, out_step, bits, exact)
-        fit = None
-        if gs.fit is not None:
-            fit = {**gs.fit.as_dict(), "slopes": list(gs.fit.slopes), "offset": gs.fit.offset}
+        fit = gs.fit.as_dict() if gs.fit is not None else None
         pop = replace(pop, activation=gs.activation, tensor=gs.tensor, fit=fit)
         pops.append(pop)
         projs.extend(ps)

@@ -127,15 +127,16 @@ class GatePop:
     tensor: str = ""  # the ONNX tensor this population reproduces
     #: a segmented (fitted) activation: {"fn", "range", "bits", "segments", "slopes", "offset",
     #: "max_err", "mean_err", ...}; channel c * S + s is segment s of activation channel c,
-    #: and the activation is offset + sum_s slopes[s] * decoded[c * S + s]
+    #: and the activation is offset[c] + sum_s slopes[c][s] * decoded[c * S + s] (slopes
+    #: (S,) and a scalar offset when every channel shares one fit)
     fit: dict | None = None
 
     def __post_init__(self):
         _check_bias(self.name, self.bias, self.shape)
         _check_scale(self.name, self.scale, self.shape)
-        if self.fit is not None and self.shape[0] % len(self.fit["slopes"]):
+        if self.fit is not None and self.shape[0] % int(self.fit["segments"]):
             raise IRError(f"population {self.name!r}: {self.shape[0]} channels are not a multiple of "
-                          f"its {len(self.fit['slopes'])} segments")
+                          f"its {self.fit['segments']} segments")
 
 
 @dataclass(frozen=True, eq=False)

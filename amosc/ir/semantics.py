@@ -207,7 +207,10 @@ def decode_activation(pop, values: np.ndarray) -> np.ndarray:
     fit = getattr(pop, "fit", None)
     if not fit:
         return y
-    slopes = np.asarray(fit["slopes"], np.float64)
-    s = slopes.size
-    y = y.reshape((y.shape[0], pop.shape[0] // s, s) + tuple(pop.shape[1:]))
-    return fit["offset"] + np.einsum("ncs...,s->nc...", y, slopes)
+    s = int(fit["segments"])
+    c = pop.shape[0] // s
+    slopes = np.broadcast_to(np.asarray(fit["slopes"], np.float64), (c, s))  # (S,) or (C, S)
+    offset = np.broadcast_to(np.asarray(fit["offset"], np.float64), (c,))
+    y = y.reshape((y.shape[0], c, s) + tuple(pop.shape[1:]))
+    return (np.einsum("ncs...,cs->nc...", y, slopes)
+            + offset.reshape((1, c) + (1,) * (len(pop.shape) - 1)))

@@ -62,6 +62,7 @@ def describe(program: Program) -> dict:
                     d["fit"] = {"fn": f["fn"], "range": list(f["range"]), "segments": f["segments"],
                                 "bits": f["bits"], "max_err": f["max_err"], "mean_err": f["mean_err"],
                                 "neurons_per_element": f["neurons_per_element"],
+                                "channels": f.get("channels", 1),
                                 "elements": int(np.prod(pop.shape)) // f["segments"]}
                 inh = c.bits * (c.bits - 1) // 2 * int(np.prod(pop.shape))
                 total_deployed += inh
@@ -128,7 +129,8 @@ def render(desc: dict) -> str:
                          f"input_range={p['input_range']}  onnx={p['tensor']}")
             if "fit" in p:
                 f = p["fit"]
-                lines.append(f"    fitted {f['fn']} on [{f['range'][0]:.4g}, {f['range'][1]:.4g}]: "
+                per = f" ({f['channels']} channel ranges)" if f.get("channels", 1) > 1 else ""
+                lines.append(f"    fitted {f['fn']} on [{f['range'][0]:.4g}, {f['range'][1]:.4g}]{per}: "
                              f"{f['segments']} segments x {f['bits']} bits = {f['neurons_per_element']} "
                              f"neurons/element  error max={f['max_err']:.4g} mean={f['mean_err']:.4g}")
         else:
