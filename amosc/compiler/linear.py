@@ -201,10 +201,41 @@ def conv_map(in_shape, w, strides, pads, dilations, groups) -> Conv:
                 tuple(pads), tuple(dilations), int(groups))
 
 
+def _pointwise(m: LinearMap) -> bool:
+    """A 1x1 convolution that keeps the spatial grid (a per-position channel mix)."""
+    return isinstance(m, Conv) and m.w.shape[2:] == (1, 1) and tuple(m.strides) == (1, 1) \
+        and not any(m.pads) and tuple(m.in_shape[1:]) == tuple(m.out_shape[1:])
+
+
+def dense_channels(c: Conv) -> np.ndarray:
+    """The weight of ``c`` as an ungrouped convolution (co, ci, kh, kw), zeros across groups."""
+    if c.groups == 1:
+        return c.w
+    co, cig = c.w.shape[:2]
+    full = np.zeros((co, cig * c.groups, *c.w.shape[2:]))
+    rows = np.arange(co)[:, None]
+    cols = (rows // (co // c.groups)) * cig + np.arange(cig)[None, :]
+    full[rows, cols] = c.w
+    return full
+
+
 def compose(outer: LinearMap, inner: LinearMap) -> LinearMap:
     """The map x -> outer(inner(x))."""
     if tuple(outer.in_shape) != tuple(inner.out_shape):
         raise ValueError(f"cannot compose: {outer.in_shape} != {inner.out_shape}")
+    if isinstance(outer, Conv) and isinstance(inner, Conv) and (_pointwise(outer) or _pointwise(inner)):
+        # a 1x1 channel mix before or after a convolution is one convolution (the linear
+        # bottleneck of MobileNet/EfficientNet blocks meeting the next block's expansion)
+        if _pointwise(outer):
+            w = np.einsum("oc,cikl->oikl", dense_channels(outer)[:, :, 0, 0], dense_channels(inner))
+            return replace(inner, out_shape=outer.out_shape, w=w, groups=1)
+        w = np.einsum("ockl,ci->oikl", dense_channels(outer), dense_channels(inner)[:, :, 0, 0])
+        return replace(outer, in_shape=inner.in_shape, w=w, groups=1)
+    if isinstance(outer, ChannelTile) and isinstance(inner, ChannelSum) and len(inner.in_shape) == 3:
+        # segments of one activation read by the segments of another: a grouped 1x1 conv
+        c, s = inner.f.shape
+        w = np.repeat(inner.f, outer.reps, axis=0)[:, :, None, None]
+        return Conv(inner.in_shape, outer.out_shape, w, groups=c)
     if isinstance(outer, ChannelTile):
         r = outer.reps
         if isinstance(inner, Conv):
