@@ -199,6 +199,7 @@ class LayerFit:
                 "bits": self.bits, "segments": self.segments, "neurons_per_element": self.neurons,
                 "channels": len(self.fits),
                 "max_err": max(f.max_err for f in self.fits),
+                "max_err_steps": max(f.max_err / f.step for f in self.fits),
                 "mean_err": float(np.mean([f.mean_err for f in self.fits])),
                 "step": max(f.step for f in self.fits),
                 "ranges": [[f.lo, f.hi] for f in self.fits], "steps": [f.step for f in self.fits],
@@ -276,22 +277,25 @@ def _segments(x, f, step, kseg):
     breaks = [0]
     i = 0
     min_pts = int(math.ceil((n - 1) * MIN_WIDTH))
+    ramp = np.arange(n, dtype=np.float64)  # x is a uniform grid: chords are ramps in index
     while i < n - 1:
         def ok(j):
-            seg = f[i:j + 1]
-            chord = f[i] + (f[j] - f[i]) * (x[i:j + 1] - x[i]) / (x[j] - x[i])
-            return abs(f[j] - f[i]) <= span_cap and float(np.abs(seg - chord).max()) <= tol
+            fi, fj = f[i], f[j]
+            if abs(fj - fi) > span_cap:
+                return False
+            d = f[i:j + 1] - fi - ramp[:j - i + 1] * ((fj - fi) / (j - i))
+            return d.max() <= tol and -d.min() <= tol
 
         lo_j, hi_j = i + 1, n - 1
         if ok(hi_j):
             lo_j = hi_j
-        else:  # largest j with ok(j); ok is monotone enough for a bisection
-            while hi_j - lo_j > 1:
-                mid = (lo_j + hi_j) // 2
-                if ok(mid):
-                    lo_j = mid
-                else:
-                    hi_j = mid
+        # largest j with ok(j); ok is monotone enough for a bisection
+        while hi_j - lo_j > 1:
+            mid = (lo_j + hi_j) // 2
+            if ok(mid):
+                lo_j = mid
+            else:
+                hi_j = mid
         # no segment narrower than MIN_WIDTH of the range: a narrow segment's ADC step is so
         # fine that the layer's worst-case input would not fit the accumulator
         lo_j = min(max(lo_j, i + min_pts), n - 1)
