@@ -2,11 +2,15 @@
 compile, the spiking simulator equals the integer evaluation on them, and the SNN agrees
 with onnxruntime on held-out real images.
 
-Thresholds: benchmarks/architectures.py measures top-1 agreement at K=8 on the 500 shipped
-test images (resnet 99.2%, mobilenet 99.0%). Here 200 of them are used; the bound is the
-measured agreement minus about three binomial standard deviations at n=200
-(sqrt(0.01 * 0.99 / 200) ~ 0.7 pt), rounded down: 97%. A regression that costs more than a
-few images fails."""
+Thresholds: benchmarks/architectures.py measures top-1 agreement at K=8 on the shipped
+test images (resnet 99.8%, mobilenet 99.0% on 500; efficientnet 96% on 100 with 128
+calibration images). Each test uses
+the first n of them; the bound is the measured agreement minus about three binomial
+standard deviations at that n, rounded down: resnet and mobilenet n=200, sd
+sqrt(0.01 * 0.99 / 200) ~ 0.7 pt, bound 97%; efficientnet n=40 (its segmented SiLU and
+square units make ~5 M neurons, about 1.3 s per image to evaluate here), sd
+sqrt(0.04 * 0.96 / 40) ~ 3.1 pt, bound 85%. A regression that costs more than a few images
+fails."""
 
 import os
 
@@ -22,16 +26,15 @@ from conftest import EXAMPLE, ROOT
 from test_semantics import assert_levels_equal
 
 FIXTURES = os.path.join(ROOT, "examples", "fixtures")
-#: name: (model, activations its program must contain). gelu_maxpool and efficientnet also
-#: compile and pass a looser bound (0.85 / 0.60 agreement on 20 images), but their segmented
-#: units on full-resolution maps take ~5 min together here, so until compile and evaluation
-#: of those units are faster they are measured by benchmarks/architectures.py, not in CI.
+#: name: (model, activations its program must contain, test images, calibration images,
+#: agreement bound). gelu_maxpool also compiles and agrees (99% on 100 images), but its max
+#: trees over GELU segments compile in ~2 min and evaluate at ~2 s per image here, so it is
+#: measured by benchmarks/architectures.py, not in CI.
 MODELS = {
-    "resnet": (os.path.join(EXAMPLE, "model.onnx"), {"relu"}),
-    "mobilenet": (os.path.join(FIXTURES, "mobilenet.onnx"), {"relu6"}),
+    "resnet": (os.path.join(EXAMPLE, "model.onnx"), {"relu"}, 200, 256, 0.97),
+    "mobilenet": (os.path.join(FIXTURES, "mobilenet.onnx"), {"relu6"}, 200, 256, 0.97),
+    "efficientnet": (os.path.join(FIXTURES, "efficientnet.onnx"), {"silu", "sigmoid", "square"}, 40, 128, 0.85),
 }
-N_TEST, N_CALIB = 200, 256
-MIN_AGREEMENT = 0.97
 
 
 @pytest.fixture(scope="module")
@@ -42,18 +45,19 @@ def data():
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_fixture_compiles_and_agrees_with_onnxruntime(name, data):
-    path, expected = MODELS[name]
+    path, expected, n_test, n_calib, min_agreement = MODELS[name]
     calib, x, y = data
-    x = x[:N_TEST]
-    program = amosc.compile(path, calib[:N_CALIB], bits=8)
+    x = x[:n_test]
+    program = amosc.compile(path, calib[:n_calib], bits=8)
     acts = {p.activation for p in program.populations if isinstance(p, GatePop)}
     assert expected <= acts, acts
     model = normalize(load_model(path)[0], path)
     inp, _, fixed = graph_input(model, path)
     out = program.output_pop.tensor
     ref = OnnxRunner(model, inp, fixed, [out]).collect(x, [out])[out]
-    logits = decode(program.output_pop, evaluate(program, x)[program.output])
+    logits = np.concatenate([decode(program.output_pop, evaluate(program, x[i:i + 50])[program.output])
+                             for i in range(0, len(x), 50)])  # chunks bound the memory
     agreement = float((logits.argmax(1) == ref.argmax(1)).mean())
-    assert agreement >= MIN_AGREEMENT, agreement
+    assert agreement >= min_agreement, agreement
     # the spiking simulator equals the integer evaluation, spike for spike, on real images
     assert_levels_equal(program, x[:2])

@@ -114,6 +114,41 @@ def mse_range(v: np.ndarray, bits: int, candidates: int = 256) -> float:
     return float(alphas[int(np.argmin(err))])
 
 
+def mse_fn_range(fn, v: np.ndarray, bits: int, candidates: int = 64) -> tuple:
+    """The input range [lo, hi] for a fitted unit of ``fn`` (a unit that saturates at
+    f(lo) and f(hi), with a K-bit output grid of step TV(f on [lo, hi]) / (2^K - 1)) with
+    the least expected squared error on the samples v: grid noise step^2 / 12 inside, the
+    saturation error outside. The upper end is searched with the lower at min(v), then the
+    lower with that upper end; candidates are evenly spaced in [min(v), max(v)]."""
+    v = np.sort(np.asarray(v, np.float64).ravel())
+    weight = np.ones(v.size)
+    if v.size > MSE_SAMPLES:  # both tails exactly, an evenly spaced subset of the middle
+        k = MSE_SAMPLES // 4
+        body = v[k:-k]
+        stride = -(-body.size // (MSE_SAMPLES - 2 * k))
+        v = np.concatenate([v[:k], body[::stride], v[-k:]])
+        weight = np.concatenate([np.ones(k), np.full(-(-body.size // stride), float(stride)), np.ones(k)])
+    lo, hi = float(v[0]), float(v[-1])
+    if not hi > lo:
+        return lo, hi
+    grid = np.linspace(lo, hi, 4097)
+    tv = np.concatenate([[0.0], np.cumsum(np.abs(np.diff(fn(grid))))])  # TV from lo
+    fv = fn(v)
+    levels = 2**bits - 1
+    cands = lo + (hi - lo) * np.arange(1, candidates + 1) / candidates
+
+    def err(a, b):
+        step = (np.interp(b, grid, tv) - np.interp(a, grid, tv)) / levels
+        inside = (v >= a) & (v <= b)
+        sat = np.where(v < a, fn(np.array(a)) - fv, np.where(v > b, fn(np.array(b)) - fv, 0.0))
+        return float((inside * step**2 / 12 + sat**2) @ weight)
+
+    hi = min(cands, key=lambda b: err(lo, b))
+    lows = lo + (hi - lo) * np.arange(0, candidates) / candidates
+    lo = min(lows, key=lambda a: err(a, hi))
+    return float(lo), float(hi)
+
+
 def scale_from(values: np.ndarray, method: str, percentile: float, per_channel: bool,
                bits: int = 8) -> np.ndarray:
     """The calibrated upper range of an activation (its ReLU'd values) from samples

@@ -8,7 +8,7 @@ from .. import __version__
 from ..errors import IRError, RangeError
 from ..ir.nodes import Program
 from ..ir.verify import verify
-from .calibrate import check_input_array, scale_from
+from .calibrate import check_input_array, mse_fn_range, scale_from
 from .expand import expand_fitted
 from .importer import import_model
 from .passes import DEFAULT_PASSES
@@ -61,7 +61,7 @@ def calibrate(fg, calib: np.ndarray, opts: Options):
         if v.size > MAX_CALIB_VALUES:  # keep whole samples, evenly spaced
             v = v[:: -(-v.shape[0] * per_sample // MAX_CALIB_VALUES)]
         if g.fn is not None:
-            ranges[g.name] = fitted_range(v, opts)
+            ranges[g.name] = fitted_range(v, opts, g.fn)
         else:
             alphas[g.name] = scale_from(v, opts.calibration, opts.percentile,
                                         opts.granularity == "channel", opts.bits)
@@ -89,15 +89,18 @@ def balance_pair(u: np.ndarray, v: np.ndarray):
     return a, (ab * x + y / ab) / 2, (ab * x - y / ab) / 2
 
 
-def fitted_range(v: np.ndarray, opts: Options) -> tuple:
-    """(lo, hi), each (C,): the input range a fitted gate is fitted on, per channel of the
-    samples v (N, C, ...) (the layer's range for every channel with granularity 'layer'):
-    min/max with 'max' calibration, else the (100 - p, p) percentiles."""
+def fitted_range(v: np.ndarray, opts: Options, fn) -> tuple:
+    """(lo, hi), each (C,): the input range a fitted gate of ``fn`` is fitted on, per
+    channel of the samples v (N, C, ...) (the layer's range for every channel with
+    granularity 'layer'): min/max with 'max' calibration, the least expected K-bit error
+    with 'mse' (:func:`~.calibrate.mse_fn_range`), else the (100 - p, p) percentiles."""
     rows = np.moveaxis(v, 1, 0).reshape(v.shape[1], -1).astype(np.float64)
     if opts.granularity == "layer":
         rows = rows.reshape(1, -1)
     if opts.calibration == "max":
         lo, hi = rows.min(axis=1), rows.max(axis=1)
+    elif opts.calibration == "mse":
+        lo, hi = np.array([mse_fn_range(fn, r, opts.bits) for r in rows]).T
     else:
         lo, hi = np.percentile(rows, [100 - opts.percentile, opts.percentile], axis=1)
     c = v.shape[1]
