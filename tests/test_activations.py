@@ -280,3 +280,21 @@ def test_balanced_square_pair_keeps_the_product_and_shrinks_its_error(tmp_path):
         out = float_eval(expand_fitted(fg, ranges, opts.bits, balance if balanced else None), xs)
         errs.append(np.abs(out["output"] - ref).mean())
     assert errs[1] < 0.8 * errs[0], errs
+
+
+def test_mse_input_range_of_a_fitted_unit_beats_the_full_range_at_small_k():
+    from amosc.compiler.calibrate import mse_fn_range
+    fn = ScalarFn("silu")
+    rng = np.random.default_rng(1)
+    v = np.concatenate([rng.normal(0, 1.5, 50_000), rng.uniform(8, 20, 20)])  # rare outliers
+
+    def unit_mse(lo, hi, bits):  # the fitted unit itself, saturating outside [lo, hi]
+        f = fit(fn, lo, hi, bits)
+        return float(np.mean((f.evaluate(np.clip(v, lo, hi)) - fn(v)) ** 2))
+
+    lo4, hi4 = mse_fn_range(fn, v, 4)
+    assert v.min() <= lo4 < hi4 < v.max()        # the outliers are clipped at K=4
+    assert unit_mse(lo4, hi4, 4) < 0.5 * unit_mse(v.min(), v.max(), 4)
+    lo8, hi8 = mse_fn_range(fn, v, 8)
+    assert hi8 > hi4                             # a finer grid affords a wider range
+    assert mse_fn_range(fn, v, 4) == (lo4, hi4)  # deterministic
