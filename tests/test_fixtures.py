@@ -8,7 +8,7 @@ calibration images). Each test uses
 the first n of them; the bound is the measured agreement minus about three binomial
 standard deviations at that n, rounded down: resnet and mobilenet n=200, sd
 sqrt(0.01 * 0.99 / 200) ~ 0.7 pt, bound 97%; efficientnet n=40 (its segmented SiLU and
-square units make ~5 M neurons, about 1.3 s per image to evaluate here), sd
+square units make ~7 M neurons, about 1.3 s per image to evaluate here), sd
 sqrt(0.04 * 0.96 / 40) ~ 3.1 pt, bound 85%. A regression that costs more than a few images
 fails."""
 
