@@ -84,7 +84,24 @@ class OnnxRunner:
         return {t: np.concatenate(v) for t, v in res.items()}
 
 
-MSE_SAMPLES = 16384  # values per channel the range search scores (the top quarter exactly)
+MSE_SAMPLES = 16384  # values per channel a range search scores (its tails exactly)
+
+
+def channel_rows(v: np.ndarray) -> np.ndarray:
+    """Samples (N, C, ...) as one row per channel (C, N * ...)."""
+    return np.moveaxis(v, 1, 0).reshape(v.shape[1], -1)
+
+
+def _weighted_sample(v: np.ndarray, low: int, high: int):
+    """Sorted samples v cut to at most MSE_SAMPLES: the ``low`` smallest and ``high``
+    largest exactly, an evenly spaced subset of the rest; (values, the count each stands for)."""
+    if v.size <= MSE_SAMPLES:
+        return v, np.ones(v.size)
+    body = v[low:v.size - high]
+    stride = -(-body.size // (MSE_SAMPLES - low - high))
+    kept = body[::stride]
+    return (np.concatenate([v[:low], kept, v[v.size - high:]]),
+            np.concatenate([np.ones(low), np.full(kept.size, float(stride)), np.ones(high)]))
 
 
 def mse_range(v: np.ndarray, bits: int, candidates: int = 256) -> float:
@@ -97,13 +114,7 @@ def mse_range(v: np.ndarray, bits: int, candidates: int = 256) -> float:
     v = np.sort(v[v > 0].astype(np.float64))
     if v.size == 0:
         return 0.0
-    weight = np.ones(v.size)
-    if v.size > MSE_SAMPLES:
-        top_n = MSE_SAMPLES // 4
-        body, tail = v[:-top_n], v[-top_n:]
-        stride = -(-body.size // (MSE_SAMPLES - top_n))
-        v = np.concatenate([body[::stride], tail])
-        weight = np.concatenate([np.full(-(-body.size // stride), float(stride)), np.ones(top_n)])
+    v, weight = _weighted_sample(v, 0, MSE_SAMPLES // 4)
     levels = 2**bits - 1
     alphas = float(v[-1]) * np.linspace(1.0 / candidates, 1.0, candidates)
     err = np.empty(candidates)
@@ -120,14 +131,8 @@ def mse_fn_range(fn, v: np.ndarray, bits: int, candidates: int = 64) -> tuple:
     the least expected squared error on the samples v: grid noise step^2 / 12 inside, the
     saturation error outside. The upper end is searched with the lower at min(v), then the
     lower with that upper end; candidates are evenly spaced in [min(v), max(v)]."""
-    v = np.sort(np.asarray(v, np.float64).ravel())
-    weight = np.ones(v.size)
-    if v.size > MSE_SAMPLES:  # both tails exactly, an evenly spaced subset of the middle
-        k = MSE_SAMPLES // 4
-        body = v[k:-k]
-        stride = -(-body.size // (MSE_SAMPLES - 2 * k))
-        v = np.concatenate([v[:k], body[::stride], v[-k:]])
-        weight = np.concatenate([np.ones(k), np.full(-(-body.size // stride), float(stride)), np.ones(k)])
+    v, weight = _weighted_sample(np.sort(np.asarray(v, np.float64).ravel()),
+                                 MSE_SAMPLES // 4, MSE_SAMPLES // 4)
     lo, hi = float(v[0]), float(v[-1])
     if not hi > lo:
         return lo, hi
@@ -155,7 +160,7 @@ def scale_from(values: np.ndarray, method: str, percentile: float, per_channel: 
     (N, C, ...): per channel C, each channel's own range capped at the layer's; or the
     layer's range repeated. ``method``: 'percentile', 'max' or 'mse' (least K-bit
     quantization error, zeros excluded)."""
-    v = np.maximum(np.moveaxis(values, 1, 0).reshape(values.shape[1], -1), 0)
+    v = np.maximum(channel_rows(values), 0)
 
     def rng(a):
         if method == "mse":

@@ -8,7 +8,7 @@ from .. import __version__
 from ..errors import IRError, RangeError
 from ..ir.nodes import Program
 from ..ir.verify import verify
-from .calibrate import check_input_array, mse_fn_range, scale_from
+from .calibrate import channel_rows, check_input_array, mse_fn_range, scale_from
 from .expand import expand_fitted
 from .importer import import_model
 from .passes import DEFAULT_PASSES
@@ -52,11 +52,11 @@ def calibrate(fg, calib: np.ndarray, opts: Options):
     alphas, ranges, balance = {}, {}, {}
     for g in fg.gates:
         if g.partner is not None:
-            balance[g.name], samples[g.name], samples[g.partner] = balance_pair(
-                np.concatenate(samples[g.name]), np.concatenate(samples[g.partner]))
+            balance[g.name], u, w = balance_pair(np.concatenate(samples[g.name]),
+                                                 np.concatenate(samples[g.partner]))
+            samples[g.name], samples[g.partner] = [u], [w]
     for g in fg.gates:
-        v = samples.pop(g.name)
-        v = np.concatenate(v) if isinstance(v, list) else v
+        v = np.concatenate(samples.pop(g.name))
         per_sample = int(np.prod(v.shape[1:]))
         if v.size > MAX_CALIB_VALUES:  # keep whole samples, evenly spaced
             v = v[:: -(-v.shape[0] * per_sample // MAX_CALIB_VALUES)]
@@ -81,8 +81,7 @@ def balance_pair(u: np.ndarray, v: np.ndarray):
     two large squares; balanced, each square spans about 4 max|x y|."""
     x, y = u + v, u - v
     c = u.shape[1]
-    ax = np.abs(np.moveaxis(x, 1, 0).reshape(c, -1)).max(axis=1)
-    ay = np.abs(np.moveaxis(y, 1, 0).reshape(c, -1)).max(axis=1)
+    ax, ay = (np.abs(channel_rows(t)).max(axis=1) for t in (x, y))
     ok = (ax > 0) & (ay > 0)
     a = np.where(ok, np.sqrt(np.where(ok, ay, 1.0) / np.where(ok, ax, 1.0)), 1.0)
     ab = a.reshape((1, c) + (1,) * (u.ndim - 2))
@@ -94,7 +93,7 @@ def fitted_range(v: np.ndarray, opts: Options, fn) -> tuple:
     channel of the samples v (N, C, ...) (the layer's range for every channel with
     granularity 'layer'): min/max with 'max' calibration, the least expected K-bit error
     with 'mse' (:func:`~.calibrate.mse_fn_range`), else the (100 - p, p) percentiles."""
-    rows = np.moveaxis(v, 1, 0).reshape(v.shape[1], -1).astype(np.float64)
+    rows = channel_rows(v).astype(np.float64)
     if opts.granularity == "layer":
         rows = rows.reshape(1, -1)
     if opts.calibration == "max":
