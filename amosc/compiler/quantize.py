@@ -220,8 +220,14 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
                             ps.append(lo_)
             excess = max([max_plane_shift(pr, code_of[pr.source]) - MAX_WEIGHT_SHIFT for pr in ps] + [0])
             if excess > 0:  # weights too large for 8-bit mantissas: coarser accumulator
-                if gate:
+                if gate and theta > 1:
                     theta = mantissa_floor(max(1, theta >> excess))
+                elif gate and not exact:
+                    # theta is 1 already: the finest channels' incoming weights (scaled by
+                    # 1 / step) overflow their mantissa shifts; coarsen those channels' steps
+                    out_step = np.maximum(out_step, float(np.min(out_step)) * 2.0**excess)
+                elif gate:
+                    break  # a step set by the circuit (segments, max units) cannot change
                 else:
                     coarser *= 2.0**excess
                 continue
