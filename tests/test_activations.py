@@ -298,3 +298,9 @@ def test_mse_input_range_of_a_fitted_unit_beats_the_full_range_at_small_k():
     lo8, hi8 = mse_fn_range(fn, v, 8)
     assert hi8 > hi4                             # a finer grid affords a wider range
     assert mse_fn_range(fn, v, 4) == (lo4, hi4)  # deterministic
+
+
+def test_fit_on_a_non_finite_range_names_the_function():
+    from amosc.errors import ModelError
+    with pytest.raises(ModelError, match=r"cannot fit silu on a non-finite range"):
+        fit_layer(ScalarFn("silu"), [-1.0, float("nan")], [1.0, 2.0], 4)

@@ -217,7 +217,7 @@ def fit_layer(fn: ScalarFn, los, his, bits: int) -> LayerFit:
     segment bits K_s that make the layer cheapest (S_max * K_s neurons per element) while
     every channel meets its one-step bound; channels needing fewer segments split their
     largest ones (which only lowers their error)."""
-    cands = [_candidates(fn, *_range_key(lo, hi), int(bits)) for lo, hi in zip(los, his)]
+    cands = [_candidates(fn, *_range_key(fn, lo, hi), int(bits)) for lo, hi in zip(los, his)]
     options = []
     for k in range(int(bits)):
         per = [c[k] for c in cands]
@@ -228,10 +228,10 @@ def fit_layer(fn: ScalarFn, los, his, bits: int) -> LayerFit:
     return LayerFit(tuple(_split_to(fn, c[k], n) for c in cands))
 
 
-def _range_key(lo, hi) -> tuple:
+def _range_key(fn: ScalarFn, lo, hi) -> tuple:
     lo, hi = float(lo), float(hi)
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ModelError(f"cannot fit a function on a non-finite range [{lo}, {hi}]")
+        raise ModelError(f"cannot fit {fn.key} on a non-finite range [{lo}, {hi}]")
     if hi <= lo:
         hi = lo + max(abs(lo), 1.0) * 1e-3
     # round the range so that fits of nearly equal calibrations share the cache
