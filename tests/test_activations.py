@@ -15,7 +15,7 @@ from amosc.compiler.activations import ScalarFn, fit, fit_layer
 from amosc.compiler.calibrate import OnnxRunner
 from amosc.compiler.importer import float_eval, import_model
 from amosc.ir.nodes import GatePop
-from amosc.ir.semantics import decode_activation, evaluate
+from amosc.ir.semantics import decode, decode_activation, evaluate
 from conftest import structured_inputs, uniform_inputs
 from onnx_builders import GraphBuilder, save
 from test_semantics import assert_levels_equal
@@ -194,6 +194,44 @@ def test_maxpool_units_are_exact_on_relu_codes(tmp_path, kernel, stride, pad):
     a = c[:, :, 0:stride * ho:stride, 0:stride * ho:stride][:, :, :ho, :ho]
     b_ = c[:, :, 0:stride * ho:stride, 1:1 + stride * ho:stride][:, :, :ho, :ho]
     np.testing.assert_array_equal(ev[maxes[0].name], np.maximum(a - b_, 0))
+
+
+@pytest.mark.parametrize("kernel,stride,pad", [(2, 2, 0), (3, 2, 1), (3, 1, 0)])
+def test_lateral_inhibition_pooling_emits_the_code_of_the_max(tmp_path, kernel, stride, pad):
+    """--maxpool lipool: one max-join unit per output; its code is the max of the window's
+    source codes, integer for integer, one layer deep instead of the tree's log2(window)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+    path = save(_pool_model(kernel, stride, pad), tmp_path / "m.onnx")
+    x = structured_inputs((2, 9, 9), 50, seed=7)
+    program = amosc.compile(path, x[:30], bits=6, maxpool="lipool")
+    tree = amosc.compile(path, x[:30], bits=6)
+    ev, _ = assert_levels_equal(program, x[30:])
+    src = next(p for p in program.populations if isinstance(p, GatePop) and p.activation == "relu")
+    (pool,) = [p for p in program.populations if isinstance(p, GatePop) and p.activation == "lipool"]
+    assert pool.compartments == kernel * kernel and np.array_equal(pool.scale, src.scale)
+    assert not any(p.activation == "max" for p in program.populations if isinstance(p, GatePop))
+    c = np.pad(ev[src.name], ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    windows = sliding_window_view(c, (kernel, kernel), axis=(2, 3))[:, :, ::stride, ::stride]
+    np.testing.assert_array_equal(ev[pool.name], windows.max(axis=(-1, -2)))
+    assert program.latency < tree.latency
+    # both circuits compute the same max: the float outputs agree up to weight rounding
+    a, b = (decode(q.output_pop, evaluate(q, x[30:])[q.output]) for q in (program, tree))
+    np.testing.assert_allclose(a, b, atol=0.02 * np.abs(b).max())
+    # the compartment count survives the .amos file
+    program.save(tmp_path / "m.amos")
+    again = amosc.load(tmp_path / "m.amos")
+    assert [p.compartments for p in again.populations if isinstance(p, GatePop)] == \
+        [p.compartments for p in program.populations if isinstance(p, GatePop)]
+    np.testing.assert_array_equal(evaluate(again, x[30:])["output"], ev["output"])
+
+
+def test_lateral_inhibition_pooling_of_a_fitted_activation_is_a_clear_error(tmp_path):
+    from amosc.errors import ModelError
+    b = GraphBuilder((2, 9, 9), 5)
+    h = b.node("MaxPool", [b.node("Sigmoid", [b.conv("x", 2, 3)])], kernel_shape=[2, 2], strides=[2, 2])
+    path = save(b.model(b.gemm(b.node("Flatten", [h], axis=1), 48, 4), 4), tmp_path / "m.onnx")
+    with pytest.raises(ModelError, match=r"MaxPool.*lipool.*fitted.*--maxpool tree"):
+        import_model(path, maxpool="lipool")
 
 
 def test_maxpool_before_relu_is_supported_without_padding(tmp_path):

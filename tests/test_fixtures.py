@@ -9,7 +9,8 @@ the first n of them; the bound is the measured agreement minus about three binom
 standard deviations at that n, rounded down: resnet and mobilenet n=200, sd
 sqrt(0.01 * 0.99 / 200) ~ 0.7 pt, bound 97%; efficientnet n=40 (its segmented SiLU and
 square units make ~7 M neurons, about 1.3 s per image to evaluate here), sd
-sqrt(0.04 * 0.96 / 40) ~ 3.1 pt, bound 85%. A regression that costs more than a few images
+sqrt(0.04 * 0.96 / 40) ~ 3.1 pt, bound 85%; gelu_maxpool (99-100% on 100) n=60, sd
+sqrt(0.01 * 0.99 / 60) ~ 1.3 pt, bound 95%. A regression that costs more than a few images
 fails."""
 
 import os
@@ -27,13 +28,12 @@ from test_semantics import assert_levels_equal
 
 FIXTURES = os.path.join(ROOT, "examples", "fixtures")
 #: name: (model, activations its program must contain, test images, calibration images,
-#: agreement bound). gelu_maxpool also compiles and agrees (99% on 100 images), but its max
-#: trees over GELU segments compile in ~2 min and evaluate at ~2 s per image here, so it is
-#: measured by benchmarks/architectures.py, not in CI.
+#: agreement bound).
 MODELS = {
     "resnet": (os.path.join(EXAMPLE, "model.onnx"), {"relu"}, 200, 256, 0.97),
     "mobilenet": (os.path.join(FIXTURES, "mobilenet.onnx"), {"relu6"}, 200, 256, 0.97),
     "efficientnet": (os.path.join(FIXTURES, "efficientnet.onnx"), {"silu", "sigmoid", "square"}, 40, 128, 0.85),
+    "gelu_maxpool": (os.path.join(FIXTURES, "gelu_maxpool.onnx"), {"gelu", "max"}, 60, 256, 0.95),
 }
 
 

@@ -16,7 +16,7 @@ from amosc.backends.base import backend_names, get_backend
 from amosc.backends.lava._compat import lava_problem
 from amosc.backends.reference import simulate
 from amosc.cli import main
-from amosc.errors import RangeError
+from amosc.errors import BackendError, RangeError
 from amosc.ir.nodes import Program
 from amosc.validate import compare_spikes
 from conftest import structured_inputs, uniform_inputs
@@ -41,7 +41,7 @@ def compiled(tmp_path, kind, bits):
         h = b.node("Mul", [b.node("LeakyRelu", [b.gemm(t, 6, 6)], alpha=0.2), s_])
         path = save(b.model(b.gemm(h, 6, 3), 3), tmp_path / "m.onnx")
         x = uniform_inputs((5,), 40, seed=2, lo=-2, hi=2)
-    elif kind == "maxpool_cnn":
+    elif kind in ("maxpool_cnn", "lipool_cnn"):
         b = GraphBuilder((1, 6, 6), seed=4)
         h = b.node("MaxPool", [b.relu(b.conv("x", 1, 2))], kernel_shape=[2, 2], strides=[2, 2])
         h = b.node("Flatten", [h], axis=1)
@@ -52,7 +52,7 @@ def compiled(tmp_path, kind, bits):
                           "cnn_plain": (False, "gap")}[kind]
         path = save(small_cnn(seed=4, residual=residual, pool=pool), tmp_path / "m.onnx")
         x = structured_inputs((1, 12, 12), 40, seed=1)
-    return amosc.compile(path, x[:30], bits=bits), x[30:]
+    return amosc.compile(path, x[:30], bits=bits, maxpool="lipool" if kind == "lipool_cnn" else "tree"), x[30:]
 
 
 def assert_spike_equal(program, res, ref):
@@ -66,7 +66,7 @@ def assert_spike_equal(program, res, ref):
 
 @pytest.mark.parametrize("kind,bits", [("mlp", 4), ("relu6_mlp", 3), ("cnn_res_avg", 4),
                                        ("cnn_res_gap", 6), ("cnn_plain", 8), ("gates_mlp", 5),
-                                       ("maxpool_cnn", 4)])
+                                       ("maxpool_cnn", 4), ("lipool_cnn", 5)])
 def test_fast_style_spike_for_spike(tmp_path, kind, bits):
     program, x = compiled(tmp_path, kind, bits)
     res = get_backend("lava").run(program, x, record=True, interval=1)
@@ -79,6 +79,12 @@ def test_loihi_style_spike_for_spike(tmp_path, kind, bits, n):
     program, x = compiled(tmp_path, kind, bits)
     res = get_backend("lava-loihi").run(program, x[:n], record=True, interval=1)
     assert_spike_equal(program, res, simulate(program, x[:n], record=True))
+
+
+def test_loihi_style_names_a_max_join_population_it_cannot_build(tmp_path):
+    program, x = compiled(tmp_path, "lipool_cnn", 3)
+    with pytest.raises(BackendError, match=r"compartments.*--maxpool tree"):
+        get_backend("lava-loihi").run(program, x[:2], record=True, interval=1)
 
 
 @pytest.mark.parametrize("interval", [1, 3])

@@ -3,6 +3,7 @@ compact form (a conv instead of a sparse matrix) must equal applying the two map
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from amosc.compiler import linear as L
 
@@ -14,11 +15,20 @@ def conv(cin, cout, k, hw=5, stride=1, pad=0, groups=1):
     return L.conv_map((cin, hw, hw), w, (stride, stride), (pad,) * 4, (1, 1), groups)
 
 
+def pool_tap(c, hw, i, j):
+    """Tap (i, j) of every 2x2 stride-2 window (how MaxPool reads its input)."""
+    w = np.zeros((c, 1, 2, 2))
+    w[:, 0, i, j] = 1.0
+    return L.conv_map((c, hw, hw), w, (2, 2), (0, 0, 0, 0), (1, 1), c)
+
+
 CASES = {
     "grouped 3x3 after pointwise": (conv(4, 8, 3, stride=2, pad=1, groups=2), conv(6, 4, 1)),
     "depthwise after pointwise": (conv(4, 4, 3, pad=1, groups=4), conv(6, 4, 1)),
     "grouped pointwise after 3x3": (conv(8, 6, 1, hw=3, groups=2), conv(4, 8, 3, stride=2, pad=1, groups=2)),
     "pointwise after pointwise": (conv(4, 3, 1), conv(6, 4, 1)),
+    "3x3 after a max-pool tap (dilated)": (conv(4, 6, 3, hw=3, pad=1), pool_tap(4, 6, 1, 1)),
+    "global average of a padded 3x3": (conv(4, 4, 5, hw=5, groups=4), conv(3, 4, 3, pad=1)),
     "segments read by segments": (L.ChannelTile((4, 5, 5), (8, 5, 5), 2),
                                   L.ChannelSum((12, 5, 5), (4, 5, 5), RNG.normal(size=(4, 3)))),
 }
@@ -39,6 +49,48 @@ def test_compact_compositions_equal_the_two_maps(name):
 
 def test_strided_conv_after_strided_conv_stays_exact():
     outer, inner = conv(4, 3, 3, hw=3, stride=2, pad=1), conv(2, 4, 3, stride=2, pad=1)
-    c = L.compose(outer, inner)  # no compact rule: a sparse matrix
+    c = L.compose(outer, inner)
     x = RNG.normal(size=(2, *inner.in_shape))
     np.testing.assert_allclose(c.apply(x), outer.apply(inner.apply(x)), atol=1e-12)
+
+
+def test_padding_that_would_read_the_input_is_not_folded_into_a_conv():
+    # the outer's zero padding sits where the inner (3x3, pad 1) would read real pixels
+    outer, inner = conv(4, 3, 3, pad=1), conv(2, 4, 3, pad=1)
+    c = L.compose(outer, inner)
+    assert not isinstance(c, L.Conv)
+    x = RNG.normal(size=(2, *inner.in_shape))
+    np.testing.assert_allclose(c.apply(x), outer.apply(inner.apply(x)), atol=1e-12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(3, 9), st.sampled_from([1, 2]), st.sampled_from([1, 2, 3]), st.integers(1, 3),
+       st.integers(1, 3), st.integers(0, 2), st.integers(0, 2), st.integers(1, 3), st.integers(1, 2),
+       st.booleans(), st.data())
+def test_conv_after_conv_equals_the_two_maps(hw, groups, ki, si, ko, pi, po, so, cin, sparse_w, data):
+    """Any two undilated convolutions: the composition (a conv where the rule applies,
+    else a sparse matrix) is the same map, borders included."""
+    hm = (hw + 2 * pi - ki) // si + 1
+    if hm < 1 or (hm + 2 * po - ko) // so + 1 < 1:
+        return
+    c0, c1, c2 = cin * groups, 2 * groups, data.draw(st.sampled_from([1, 2])) * groups
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    wi = rng.normal(size=(c1, c0 // groups, ki, ki))
+    if sparse_w:  # one tap per channel: a pooling tap
+        wi = wi * (rng.random(wi.shape) < 0.3)
+    inner = L.conv_map((c0, hw, hw), wi, (si, si), (pi,) * 4, (1, 1), groups)
+    outer_groups = data.draw(st.sampled_from([1, groups]))
+    outer = L.conv_map(inner.out_shape, rng.normal(size=(c2, c1 // outer_groups, ko, ko)),
+                       (so, so), (po,) * 4, (1, 1), outer_groups)
+    c = L.compose(outer, inner)
+    assert c.out_shape == outer.out_shape
+    x = rng.normal(size=(2, *inner.in_shape))
+    np.testing.assert_allclose(c.apply(x), outer.apply(inner.apply(x)), atol=1e-9)
+    np.testing.assert_allclose(c.to_sparse().toarray(), (outer.to_sparse() @ inner.to_sparse()).toarray(),
+                               atol=1e-9)
+
+
+def test_a_conv_after_a_pooling_tap_reads_every_other_pixel_through_a_dilation():
+    outer, inner = conv(4, 6, 3, hw=3, pad=1), pool_tap(4, 6, 1, 0)
+    c = L.compose(outer, inner)
+    assert c.w.shape == (6, 4, 3, 3) and c.dilations == (2, 2) and c.strides == (2, 2)

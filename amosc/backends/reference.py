@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.nodes import GatePop, InputPop, Program, ReadoutPop
-from ..ir.semantics import bit_planes, decode, enable_weights, encode_input, plane_input
+from ..ir.semantics import bit_planes, decode, enable_weights, encode_input, join, plane_input
 from ..progress import progress
 from .base import Backend, RunResult
 
@@ -73,6 +73,7 @@ class UnitsState:
     def __init__(self, pop, lanes: int, schedule: Schedule):
         self.pop, self.lanes, self.sched = pop, lanes, schedule
         self.acc: dict[int, np.ndarray] = {}
+        self.joined: dict[int, np.ndarray] = {}  # compartments > 1: acc joined by max
         self.hist: dict[int, np.ndarray] = {}
         self.bias = pop.bias.astype(np.int64)
         self.idle_bias = self.bias - enable_weights(self.bias)  # in [-2^ENABLE_SHIFT, -1]
@@ -84,8 +85,18 @@ class UnitsState:
         else:
             self.acc[t] = y
 
+    def _input(self, t: int):
+        """The units' synaptic input that arrived for step t (compartments joined), or None.
+        Every arrival for step t is delivered before step t, so the join is final."""
+        a = self.acc.get(t)
+        if a is None or getattr(self.pop, "compartments", 1) == 1:
+            return a
+        if t not in self.joined:
+            self.joined[t] = join(self.pop, a)
+        return self.joined[t]
+
     def forget(self, t: int) -> None:
-        for store in (self.acc, self.hist):
+        for store in (self.acc, self.joined, self.hist):
             for key in [k for k in store if k < t - HISTORY]:
                 del store[key]
 
@@ -103,7 +114,7 @@ class UnitsState:
         code, shape = self.pop.code, self.pop.shape
         z = None
         for k in range(code.bits):
-            a = self.acc.get(t - k)
+            a = self._input(t - k)
             inh = 0
             for j in range(k):  # inhibition from unit j, fired at t - k + j
                 hj = self.hist.get(t - k + j)

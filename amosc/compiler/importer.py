@@ -101,13 +101,19 @@ class GateSpec:
     #: a product's pair of square units u^2 - v^2 (u = (x + y) / 2, v = (x - y) / 2): the
     #: u gate names the v gate; calibration balances the pair per channel (see expand.py)
     partner: str | None = None
+    #: m > 1: lateral-inhibition pooling, the gate is the max of m compartments; ``expr`` has
+    #: shape (C * m, ...) with compartment i of channel c at c * m + i
+    compartments: int = 1
 
     @property
     def fitted(self) -> bool:
         return self.fn is not None
 
     def value(self, pre: np.ndarray) -> np.ndarray:
-        """The float activation of pre-activation values (N, *shape)."""
+        """The float activation of pre-activation values (N, *expr.shape)."""
+        if self.compartments > 1:
+            pre = pre.reshape((pre.shape[0], self.shape[0], self.compartments) + tuple(self.shape[1:]))
+            pre = pre.max(axis=2)
         if self.fn is not None:
             return self.fn(pre)
         y = np.maximum(pre, 0)
@@ -138,7 +144,8 @@ def _str(v) -> str:
 
 
 class _Importer:
-    def __init__(self, model: onnx.ModelProto, path: str, graph: "FloatGraph"):
+    def __init__(self, model: onnx.ModelProto, path: str, graph: "FloatGraph", maxpool: str = "tree"):
+        self.maxpool = maxpool
         self.model = model
         self.path = path
         self.g = graph
@@ -147,17 +154,19 @@ class _Importer:
 
     # -- gates -----------------------------------------------------------------
     def gate(self, node, e: Expr, label: str, *, upper=None, fn=None, pre_tensor=None, tensor=None,
-             suffix: str = "", alpha_from=None) -> Expr:
-        """Close expression ``e`` into a new gate; returns the gate's output expression."""
+             suffix: str = "", alpha_from=None, compartments: int = 1) -> Expr:
+        """Close expression ``e`` into a new gate; returns the gate's output expression.
+        With m compartments, ``e`` holds m per channel and the gate has C = e.shape[0] / m."""
         base = node.name or node.output[0]
         name = f"g{len(self.g.gates)}_{base}" + (f"_{suffix}" if suffix else "")
-        spec = GateSpec(name, e.shape, e, label, upper,
+        shape = (e.shape[0] // compartments, *e.shape[1:])
+        spec = GateSpec(name, shape, e, label, upper,
                         node.input[0] if pre_tensor is None else pre_tensor,
                         node.output[0] if tensor is None else tensor, node.name,
-                        fn=fn, alpha_from=alpha_from)
+                        fn=fn, alpha_from=alpha_from, compartments=compartments)
         self.g.gates.append(spec)
         self.gates[name] = spec
-        return Expr(e.shape, {name: L.identity(e.shape)}, np.zeros(e.shape), gate=name)
+        return Expr(shape, {name: L.identity(shape)}, np.zeros(shape), gate=name)
 
     def activation(self, node, op, a) -> Expr:
         e = self.expr(node)
@@ -530,21 +539,21 @@ class _Importer:
         pads = self._pads(node, a, e.shape[1:], k, strides, (1, 1))
         src = self.gates.get(e.gate) if e.gate else None
         nonneg = src is not None and src.fn is None   # a ReLU-family gate's output
+        if self.maxpool == "lipool":
+            return self._lateral_inhibition_pool(node, e, k, strides, pads, nonneg)
         if any(pads) and not nonneg:
             self.fail(node, "padded MaxPool needs a non-negative input (a ReLU-family activation); "
                             "this input can be negative")
-        c, h, w = e.shape
-        (pt, pl, pb, pr), (sh, sw) = pads, strides
-        ho, wo = (h + pt + pb - k[0]) // sh + 1, (w + pl + pr - k[1]) // sw + 1
-        flat = np.arange(c * h * w).reshape(c, h, w)
+        c = e.shape[0]
         terms = []
         for i in range(k[0]):
             for j in range(k[1]):
-                yi = np.arange(ho)[:, None] * sh - pt + i
-                xj = np.arange(wo)[None, :] * sw - pl + j
-                ok = (yi >= 0) & (yi < h) & (xj >= 0) & (xj < w)
-                idx = np.where(ok[None], flat[:, np.clip(yi, 0, h - 1), np.clip(xj, 0, w - 1)], -1)
-                terms.append(self._select(e, idx))   # padding reads 0 = max-neutral for x >= 0
+                # tap (i, j) of every window: a one-hot depthwise convolution, so that it
+                # composes with the source's and the consumer's maps into convolutions;
+                # padding reads 0, max-neutral for x >= 0
+                tap = np.zeros((c, 1, *k))
+                tap[:, 0, i, j] = 1.0
+                terms.append(e.apply(L.conv_map(e.shape, tap, strides, pads, (1, 1), c)))
         # a tree of max(p, q) = q + relu(p - q); each relu is an exact AMOS ADC when the input
         # is a ReLU gate's code (same step, see quantize.lower)
         level = 0
@@ -560,6 +569,23 @@ class _Importer:
             terms = nxt
             level += 1
         return terms[0]
+
+    def _lateral_inhibition_pool(self, node, e, k, strides, pads, nonneg):
+        """MaxPool as one unit per output with a compartment per window tap, joined by max
+        (the burst paper's LIPooling on AMOS codes): the taps' codes share their source's
+        step, so the max of the codes is the code of the max, exact and one layer deep."""
+        if not nonneg:
+            what = "a fitted (segmented) activation" if e.gate else "not one activation's output"
+            self.fail(node, f"lateral-inhibition pooling (--maxpool lipool) needs its input to be one "
+                            f"ReLU-family activation's AMOS code; this input is {what}. Use --maxpool "
+                            "tree (exact max units on any input)")
+        c, m = e.shape[0], k[0] * k[1]
+        w = np.zeros((c * m, 1, *k))
+        for i in range(k[0]):
+            for j in range(k[1]):
+                w[np.arange(c) * m + i * k[1] + j, 0, i, j] = 1.0
+        taps = e.apply(L.conv_map(e.shape, w, strides, pads, (1, 1), c))
+        return self.gate(node, taps, "lipool", pre_tensor="", alpha_from=e.gate, compartments=m)
 
     def op_Resize(self, node, a):
         e = self.expr(node)
@@ -688,13 +714,20 @@ def _fold(node, values, path):
         raise ModelError(f"{path}: node {node.name!r} ({node.op_type}): constant folding failed: {exc}") from None
 
 
-def import_model(path) -> FloatGraph:
+#: How MaxPool is lowered: "tree" (a tree of exact max(p, q) = q + relu(p - q) units, any
+#: input) or "lipool" (lateral-inhibition pooling: one max-join unit per output, ReLU inputs).
+MAXPOOL_MODES = ("tree", "lipool")
+
+
+def import_model(path, maxpool: str = "tree") -> FloatGraph:
     model, data = load_model(path)
     path = os.fspath(path)
     model = normalize(model, path)
     name, shape, fixed = graph_input(model, path)
     g = FloatGraph(path, hashlib.sha256(data).hexdigest(), _opset(model), name, shape, fixed)
-    imp = _Importer(model, path, g)
+    if maxpool not in MAXPOOL_MODES:
+        raise ModelError(f"maxpool must be one of {MAXPOOL_MODES}, got {maxpool!r}")
+    imp = _Importer(model, path, g, maxpool)
     env = imp.env
     for init in model.graph.initializer:
         arr = numpy_helper.to_array(init)

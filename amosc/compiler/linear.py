@@ -219,6 +219,81 @@ def dense_channels(c: Conv) -> np.ndarray:
     return full
 
 
+def _composed_axis(n_in, n_mid, n_out, ki, si, pi, ko, so, po):
+    """Kernel, stride and pads (before, after) along one axis of the convolution equal to
+    an outer convolution (ko, so, pads po) of an inner one (ki, si, pads pi), or None.
+    The outer's zero padding reads inner positions outside [0, n_mid); the composed
+    convolution instead reads the input there, so every such position must see padding
+    only. n_in, n_mid, n_out: the axis' input, intermediate and output sizes."""
+    lo_mid = -po[0]
+    hi_mid = (n_out - 1) * so - po[0] + ko - 1
+    if lo_mid < 0 and -si - pi[0] + ki - 1 >= 0:
+        return None
+    if hi_mid >= n_mid and n_mid * si - pi[0] < n_in:
+        return None
+    k, s, before = (ko - 1) * si + ki, so * si, po[0] * si + pi[0]
+    after = max(0, (n_out - 1) * s - before + k - n_in)
+    if (n_in + before + after - k) // s + 1 != n_out:
+        return None
+    return k, s, (before, after)
+
+
+def _conv_of_convs(outer: "Conv", inner: "Conv") -> "Conv | None":
+    """outer∘inner as one convolution (undilated), or None where padding forbids it: a
+    selection before a convolution (a max-pool tap) stays a convolution of the source."""
+    if tuple(outer.dilations) != (1, 1) or tuple(inner.dilations) != (1, 1):
+        return None
+    axes = [_composed_axis(inner.in_shape[1 + a], inner.out_shape[1 + a], outer.out_shape[1 + a],
+                           inner.w.shape[2 + a], inner.strides[a], inner.pads[a::2],
+                           outer.w.shape[2 + a], outer.strides[a], outer.pads[a::2])
+            for a in (0, 1)]
+    if None in axes:
+        return None
+    (kh, sh, (pt, pb)), (kw, sw, (pl, pr)) = axes
+    if outer.groups == inner.groups:
+        g, wo, wi = outer.groups, outer.w, inner.w
+    else:
+        g, wo, wi = 1, dense_channels(outer), dense_channels(inner)
+    co, c1g, ku, kv = wo.shape
+    c1, cig, kih, kiw = wi.shape
+    wo = wo.reshape(g, co // g, c1g, ku, kv)
+    wi = wi.reshape(g, c1 // g, cig, kih, kiw)
+    w = np.zeros((g, co // g, cig, kh, kw))
+    (si_h, si_w) = inner.strides
+    for u in range(ku):
+        for v in range(kv):
+            w[:, :, :, u * si_h:u * si_h + kih, v * si_w:v * si_w + kiw] += \
+                np.einsum("goc,gcikl->goikl", wo[:, :, :, u, v], wi)
+    return _on_lattice(Conv(inner.in_shape, outer.out_shape, w.reshape(co, cig, kh, kw), (sh, sw),
+                            (pt, pl, pb, pr), (1, 1), g))
+
+
+def _on_lattice(c: "Conv") -> "Conv":
+    """``c`` with its kernel cut to the taps that can be nonzero: leading and trailing zero
+    rows/columns dropped (their padding with them) and taps on a lattice of step d made a
+    dilation d (a convolution after a strided selection reads every d-th input)."""
+    nz = np.abs(c.w).sum(axis=(0, 1))
+    if not nz.any():
+        return c
+    kernel, dil, pads = [], [], [c.pads[0], c.pads[1], c.pads[2], c.pads[3]]
+    for a in (0, 1):
+        taps = np.nonzero(nz.any(axis=1 - a))[0]
+        first, d = int(taps[0]), int(np.gcd.reduce(np.diff(taps))) if taps.size > 1 else 1
+        if first > pads[a]:  # trimming would need negative padding (cropping)
+            return c
+        k = (int(taps[-1]) - first) // d + 1
+        n_in, n_out = c.in_shape[1 + a], c.out_shape[1 + a]
+        before = pads[a] - first
+        after = max(0, (n_out - 1) * c.strides[a] - before + (k - 1) * d + 1 - n_in)
+        if (n_in + before + after - (k - 1) * d - 1) // c.strides[a] + 1 != n_out:
+            return c
+        kernel.append(slice(first, int(taps[-1]) + 1, d))
+        dil.append(d)
+        pads[a], pads[a + 2] = before, after
+    return replace(c, w=np.ascontiguousarray(c.w[:, :, kernel[0], kernel[1]]), pads=tuple(pads),
+                   dilations=tuple(dil))
+
+
 def compose(outer: LinearMap, inner: LinearMap) -> LinearMap:
     """The map x -> outer(inner(x))."""
     if tuple(outer.in_shape) != tuple(inner.out_shape):
@@ -231,6 +306,10 @@ def compose(outer: LinearMap, inner: LinearMap) -> LinearMap:
             return replace(inner, out_shape=outer.out_shape, w=w, groups=1)
         w = np.einsum("ockl,ci->oikl", dense_channels(outer), dense_channels(inner)[:, :, 0, 0])
         return replace(outer, in_shape=inner.in_shape, w=w, groups=1)
+    if isinstance(outer, Conv) and isinstance(inner, Conv):
+        got = _conv_of_convs(outer, inner)
+        if got is not None:
+            return got
     if isinstance(outer, ChannelTile) and isinstance(inner, ChannelSum) and len(inner.in_shape) == 3:
         # segments of one activation read by the segments of another: a grouped 1x1 conv
         c, s = inner.f.shape

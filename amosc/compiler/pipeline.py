@@ -56,6 +56,8 @@ def calibrate(fg, calib: np.ndarray, opts: Options):
                                                  np.concatenate(samples[g.partner]))
             samples[g.name], samples[g.partner] = [u], [w]
     for g in fg.gates:
+        if g.compartments > 1:  # a pooling unit's step is its source's
+            continue
         v = np.concatenate(samples.pop(g.name))
         per_sample = int(np.prod(v.shape[1:]))
         if v.size > MAX_CALIB_VALUES:  # keep whole samples, evenly spaced
@@ -113,14 +115,15 @@ def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, **
     arguments are :class:`Options` fields (bits, calibration, percentile, rounding).
     """
     opts = opts or Options(**kw)
-    fg = import_model(model_path)
+    fg = import_model(model_path, maxpool=opts.maxpool)
     calib = check_input_array(calib, fg.input_shape, "calibration data")
     alphas, ranges, balance, in_range = calibrate(fg, calib, opts)
     fg = expand_fitted(fg, ranges, opts.bits, balance)
     program = lower(fg, alphas, in_range, opts)
     program.options = {"bits": opts.bits, "calibration": opts.calibration,
                        "percentile": opts.percentile, "rounding": opts.rounding,
-                       "granularity": opts.granularity, "weight_bits": opts.weight_bits}
+                       "granularity": opts.granularity, "weight_bits": opts.weight_bits,
+                       "maxpool": opts.maxpool}
     program.provenance = {"source": fg.path.rsplit("/", 1)[-1], "sha256": fg.sha256,
                           "opset": fg.opset, "amosc": __version__, "input_name": fg.input_name,
                           "output_name": fg.output_name, "softmax": fg.softmax or "",

@@ -36,6 +36,7 @@ class Options:
     rounding: str = "round"          # or "floor" (the paper's truncating ADC)
     granularity: str = "channel"     # or "layer": one scale per channel or per population
     weight_bits: int = 16            # 16: a second 8-bit mantissa set carries the rounding residue
+    maxpool: str = "tree"            # or "lipool": lateral-inhibition pooling (max-join units)
 
     def __post_init__(self):
         from ..errors import AmoscError
@@ -51,6 +52,8 @@ class Options:
             raise AmoscError(f"weight_bits must be 8 or 16, got {self.weight_bits}")
         if self.rounding not in ("round", "floor"):
             raise AmoscError(f"rounding must be 'round' or 'floor', got {self.rounding!r}")
+        if self.maxpool not in ("tree", "lipool"):
+            raise AmoscError(f"maxpool must be 'tree' or 'lipool', got {self.maxpool!r}")
 
 
 def mantissa_floor(v: int) -> int:
@@ -154,15 +157,16 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
     code_of = {"input": inp.code}
     zero_point = {"input": inp.zero_point}
 
-    def build(name, expr, shape, out_step, K=K, exact=False):
+    def build(name, expr, shape, out_step, K=K, exact=False, compartments=1):
         """(population, projections) for a target with input ``expr``; ``out_step``: the
         gate's per-channel output step, or None for the readout. ``exact``: the steps are
-        set by the circuit (segments, max units) and must not be coarsened per channel."""
+        set by the circuit (segments, max units) and must not be coarsened per channel.
+        ``compartments`` m > 1: ``expr`` has m compartments per channel, joined by max."""
         gate = out_step is not None
         maxcode = 2**K - 1
         bias = expr.bias.astype(np.float64).copy()
         on_codes = {}  # the maps acting on integer codes
-        hi_, lo_ = np.zeros(shape), np.zeros(shape)
+        hi_, lo_ = np.zeros(expr.shape), np.zeros(expr.shape)
         for src, m in expr.maps.items():
             if zero_point.get(src, 0.0):
                 bias += m.apply(np.full((1, *m.in_shape), zero_point[src]))[0]
@@ -171,6 +175,14 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
             hi_ += p * code_of[src].max_code
             lo_ += n * code_of[src].max_code
         syn = np.maximum(hi_, -lo_)
+        if compartments > 1:  # one accumulator per compartment; the bias acts after the max
+            per = (shape[0], compartments, *shape[1:])
+            syn = syn.reshape(per).max(axis=1)
+            bias = bias.reshape(per)
+            if not np.all(bias == bias[:, :1]):
+                raise RangeError(f"layer {name!r}: its compartments have different biases; a max-join "
+                                 "unit adds one bias after the max")
+            bias = bias[:, 0]
         absb = np.abs(bias)
         if gate:
             # u = step / theta per channel; each neuron needs (syn + 2|b|) / u + inh * theta
@@ -210,7 +222,7 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
             u = np.asarray(out_step) / theta if gate else finest * coarser  # (C,)
             ps = []
             for src, m in on_codes.items():
-                scaled = L.compose(L.Scale(m.out_shape, m.out_shape, 1.0 / u), m)
+                scaled = L.compose(L.Scale(m.out_shape, m.out_shape, np.repeat(1.0 / u, compartments)), m)
                 pr = _projection(f"{src}->{name}", src, name, scaled)
                 if pr is not None:
                     ps.append(pr)
@@ -234,7 +246,8 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
             b = np.clip(np.rint(bias / L.per_channel(u, shape)), -BIAS_LIMIT, BIAS_LIMIT).astype(np.int32)
             if gate:
                 offset = theta // 2 if opts.rounding == "round" else 0
-                pop = GatePop(name, shape, Code.binary(K, theta, offset), b, np.asarray(out_step, np.float64))
+                pop = GatePop(name, shape, Code.binary(K, theta, offset), b, np.asarray(out_step, np.float64),
+                              compartments=compartments)
             else:
                 pop = ReadoutPop(name, shape, b, np.asarray(u, np.float64))
             trial = Program([*pops, pop], [*projs, *ps], "input", name)
@@ -271,7 +284,10 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
             floor = top * 2.0 ** min(K - opts.weight_bits, 0)
             alpha = np.maximum(alpha, floor) if top > 0 else np.ones_like(alpha)
             out_step, exact = alpha / maxcode, False
-        pop, ps = build(gs.name, gs.expr, gs.shape, out_step, bits, exact)
+        if gs.compartments > 1 and not exact:
+            raise RangeError(f"layer {gs.name!r}: a lateral-inhibition pooling unit needs its source's "
+                             "code steps (a ReLU-family activation with the same bits)")
+        pop, ps = build(gs.name, gs.expr, gs.shape, out_step, bits, exact, gs.compartments)
         fit = gs.fit.as_dict() if gs.fit is not None else None
         pop = replace(pop, activation=gs.activation, tensor=gs.tensor, fit=fit)
         pops.append(pop)

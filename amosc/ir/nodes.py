@@ -130,6 +130,10 @@ class GatePop:
     #: and the activation is offset[c] + sum_s slopes[c][s] * decoded[c * S + s] (slopes
     #: (S,) and a scalar offset when every channel shares one fit)
     fit: dict | None = None
+    #: m > 1: every unit has m input compartments joined by max (lateral-inhibition pooling,
+    #: docs/ir.md#compartments): incoming projections target ``input_shape`` = (C * m, ...),
+    #: compartment i of channel c at c * m + i, and y = bias + max_i (input of compartment i)
+    compartments: int = 1
 
     def __post_init__(self):
         _check_bias(self.name, self.bias, self.shape)
@@ -137,6 +141,14 @@ class GatePop:
         if self.fit is not None and self.shape[0] % int(self.fit["segments"]):
             raise IRError(f"population {self.name!r}: {self.shape[0]} channels are not a multiple of "
                           f"its {self.fit['segments']} segments")
+        if not (isinstance(self.compartments, int) and self.compartments >= 1):
+            raise IRError(f"population {self.name!r}: compartments must be an int >= 1, got "
+                          f"{self.compartments!r}")
+
+    @property
+    def input_shape(self) -> tuple:
+        """The shape incoming projections deliver to (one block of channels per compartment)."""
+        return (self.shape[0] * self.compartments, *self.shape[1:])
 
 
 @dataclass(frozen=True, eq=False)
@@ -154,6 +166,10 @@ class ReadoutPop:
     def __post_init__(self):
         _check_bias(self.name, self.bias, self.shape)
         _check_scale(self.name, self.scale, self.shape)
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.shape)
 
 
 Population = Union[InputPop, GatePop, ReadoutPop]

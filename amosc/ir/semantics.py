@@ -167,6 +167,15 @@ def spikes_input(proj: Projection, code: Code, z: np.ndarray) -> np.ndarray:
     return out
 
 
+def join(pop, a: np.ndarray) -> np.ndarray:
+    """A population's per-unit input from what its projections deliver, a (N, *input_shape):
+    the max over each unit's compartments (lateral-inhibition pooling), else a itself."""
+    m = getattr(pop, "compartments", 1)
+    if m == 1:
+        return a
+    return a.reshape((a.shape[0], pop.shape[0], m) + tuple(pop.shape[1:])).max(axis=2)
+
+
 def evaluate(program: Program, x: np.ndarray) -> dict:
     """Level-1 evaluation of a program on float input x (N, *input_shape).
 
@@ -180,10 +189,11 @@ def evaluate(program: Program, x: np.ndarray) -> dict:
             out[pop.name] = encode_input(pop, x)
             spikes[pop.name] = bit_planes(out[pop.name], pop.bits)
             continue
-        y = np.broadcast_to(pop.bias.astype(np.int64), (x.shape[0], *pop.shape)).copy()
+        a = np.zeros((x.shape[0], *pop.input_shape), np.int64)
         for proj in program.incoming(pop.name):
             src = program.pop(proj.source)
-            y += spikes_input(proj, src.code, spikes[proj.source])
+            a += spikes_input(proj, src.code, spikes[proj.source])
+        y = pop.bias.astype(np.int64) + join(pop, a)
         if isinstance(pop, GatePop):
             out[pop.name] = gate_code(pop.code, y)
             spikes[pop.name] = (bit_planes(out[pop.name], pop.code.bits) if pop.code.is_binary()

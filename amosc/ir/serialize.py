@@ -65,6 +65,8 @@ def to_manifest(program: Program):
                                "weights": list(p.code.weights)})
                 if p.fit is not None:
                     d["fit"] = p.fit
+                if p.compartments > 1:
+                    d["compartments"] = p.compartments
             else:
                 d.update(kind="readout")
         pops.append(d)
@@ -147,7 +149,8 @@ def _from_manifest(m: dict, arr) -> Program:
             c = d["code"]
             code = Code(tuple(c["thresholds"]), tuple(c["resets"]), tuple(c["weights"]))
             pops.append(GatePop(d["name"], shape, code, arr(d["bias"]), np.asarray(d["scale"], np.float64),
-                                int(d["start"]), d["activation"], d["tensor"], d.get("fit")))
+                                int(d["start"]), d["activation"], d["tensor"], d.get("fit"),
+                                int(d.get("compartments", 1))))
         elif d["kind"] == "readout":
             pops.append(ReadoutPop(d["name"], shape, arr(d["bias"]), np.asarray(d["scale"], np.float64),
                                    int(d["start"]), d["tensor"]))

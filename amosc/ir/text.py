@@ -57,6 +57,8 @@ def describe(program: Program) -> dict:
                 bp = binary_params(c)
                 if bp:
                     d.update(theta=bp[0], offset=bp[1])
+                if pop.compartments > 1:
+                    d["compartments"] = pop.compartments
                 if pop.fit is not None:
                     f = pop.fit
                     d["fit"] = {"fn": f["fn"], "range": list(f["range"]), "segments": f["segments"],
@@ -127,6 +129,9 @@ def render(desc: dict) -> str:
                          f"h={_fmt_list(p['resets'])}  d={_fmt_list(p['weights'])}")
             lines.append(f"    scale=[{p['scale'][0]:.6g}, {p['scale'][1]:.6g}]  bias={p['bias_range']}  "
                          f"input_range={p['input_range']}  onnx={p['tensor']}")
+            if "compartments" in p:
+                lines.append(f"    lateral-inhibition pooling: max of {p['compartments']} input compartments "
+                             "per unit")
             if "fit" in p:
                 f = p["fit"]
                 per = f" ({f['channels']} channel ranges)" if f.get("channels", 1) > 1 else ""

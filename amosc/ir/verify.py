@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from ..errors import IRError, RangeError
 from .nodes import ACC_LIMIT, MAX_WEIGHT_SHIFT, MIN_WEIGHT_SHIFT, GatePop, InputPop, Program, Projection, ReadoutPop
-from .semantics import conv_output_hw, enable_weights, floor_shift
+from .semantics import conv_output_hw, enable_weights, floor_shift, join
 
 
 def _row_sums(proj: Projection, w) -> tuple[np.ndarray, np.ndarray]:
@@ -34,8 +34,8 @@ def input_bounds(program: Program, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Per neuron of population ``name``, the (min, max) of its synaptic input over
     every possible source code (bias and inhibition excluded)."""
     pop = program.pop(name)
-    lo = np.zeros(pop.shape, np.int64)
-    hi = np.zeros(pop.shape, np.int64)
+    lo = np.zeros(pop.input_shape, np.int64)
+    hi = np.zeros(pop.input_shape, np.int64)
     for proj in program.incoming(name):
         code = program.pop(proj.source).code
         w = proj.weight.astype(np.int64) if not sp.issparse(proj.weight) else proj.weight.astype(np.int64)
@@ -45,7 +45,8 @@ def input_bounds(program: Program, name: str) -> tuple[np.ndarray, np.ndarray]:
             a, b = p * d, n * d
             hi += floor_shift(np.maximum(a, b), e)
             lo += floor_shift(np.minimum(a, b), e)
-    return lo, hi
+    # compartments: each one's accumulator and their max lie within (least lo, largest hi)
+    return -join(pop, -lo[None])[0], join(pop, hi[None])[0]
 
 
 def inhibition_max(pop) -> int:
@@ -95,9 +96,10 @@ def verify(program: Program, ranges: bool = True) -> None:
         if isinstance(src, ReadoutPop) or isinstance(tgt, InputPop):
             raise IRError(f"projection {proj.name!r}: {src.name!r} -> {tgt.name!r} runs from a "
                           "readout or into the input")
-        if tuple(proj.in_shape) != tuple(src.shape) or tuple(proj.out_shape) != tuple(tgt.shape):
+        if tuple(proj.in_shape) != tuple(src.shape) or tuple(proj.out_shape) != tuple(tgt.input_shape):
             raise IRError(f"projection {proj.name!r}: shape {proj.in_shape} -> {proj.out_shape} does "
-                          f"not match {src.name}.shape {src.shape} -> {tgt.name}.shape {tgt.shape}")
+                          f"not match {src.name}.shape {src.shape} -> {tgt.name}.input_shape "
+                          f"{tgt.input_shape}")
         _check_layout(proj)
         shift = max_plane_shift(proj, src.code)
         if shift > MAX_WEIGHT_SHIFT:

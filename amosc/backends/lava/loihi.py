@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ...errors import RangeError
+from ...errors import BackendError, RangeError
 from ...ir.nodes import ENABLE_SHIFT, THRESHOLD_LIMIT, GatePop, InputPop, Program, ReadoutPop
 from ...ir.semantics import enable_weights
 from ..base import RunResult
@@ -81,6 +81,11 @@ def plan(program: Program, record: bool = True) -> dict:
                           "bias_mant": np.zeros(n, np.int32), "probe_v": True})
             units[pop.name] = [pop.name]
         else:
+            if pop.compartments > 1:
+                raise BackendError(
+                    f"population {pop.name!r} joins {pop.compartments} input compartments by max "
+                    "(lateral-inhibition pooling); the 'loihi' style builds single-compartment LIFReset "
+                    "units only. Use the 'fast' style (backend 'lava') or compile with --maxpool tree.")
             code = pop.code
             enable = enable_weights(pop.bias.ravel())
             names = [f"{pop.name}#u{k}" for k in range(code.bits)]

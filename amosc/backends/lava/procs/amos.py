@@ -30,7 +30,7 @@ class AmosSynapses(AbstractProcess):
         n_in = src.code.bits * int(np.prod(src.shape))
         super().__init__(proj=proj, src=src, tgt=tgt, name=name)
         self.s_in = InPort(shape=(n_in,))
-        self.a_out = OutPort(shape=(int(np.prod(tgt.shape)),))
+        self.a_out = OutPort(shape=(int(np.prod(tgt.input_shape)),))
 
 
 class AmosUnits(AbstractProcess):
@@ -39,7 +39,7 @@ class AmosUnits(AbstractProcess):
     def __init__(self, *, pop, n_items, interval, dump, name=None):
         n = int(np.prod(pop.shape))
         super().__init__(pop=pop, n_items=n_items, interval=interval, dump=dump, name=name)
-        self.a_in = InPort(shape=(n,))
+        self.a_in = InPort(shape=(int(np.prod(pop.input_shape)),))  # compartments of a pooling unit
         self.s_out = OutPort(shape=(pop.code.bits * n if hasattr(pop, "code") else 1,))
 
 
@@ -57,7 +57,7 @@ class PyAmosSynapsesModel(PyLoihiProcessModel):
         self.src_shape = (p["src"].code.bits, 1, *p["src"].shape)
         self.state = SynapseState(p["proj"], p["src"], p["tgt"])
         self.pending: dict[int, np.ndarray] = {}
-        self.n_out = int(np.prod(p["tgt"].shape))
+        self.n_out = int(np.prod(p["tgt"].input_shape))
 
     def run_spk(self):
         t = self.time_step - 1
@@ -95,7 +95,7 @@ class PyAmosUnitsModel(PyLoihiProcessModel):
 
     def run_spk(self):
         t = self.time_step - 1
-        a = self.a_in.recv().astype(np.int64).reshape(1, *self.pop.shape)
+        a = self.a_in.recv().astype(np.int64).reshape(1, *self.pop.input_shape)
         if a.any():
             self.state.arrive(t, a)
         if self.gate:
