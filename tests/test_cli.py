@@ -202,3 +202,24 @@ def test_validate_needs_something_to_compare(files):
     invoke("compile", model, "--calib", d / "calib.npy", "-o", d / "m.amos")
     r = CliRunner().invoke(main, ["validate", str(d / "m.amos"), "-i", str(d / "x.npy")])
     assert r.exit_code == 2 and "nothing to validate" in r.output
+
+
+def test_maxpool_lipool_compiles_inspects_validates_and_refuses_fitted_inputs(tmp_path):
+    def pool_model(act):
+        b = GraphBuilder((1, 8, 8), 3)
+        h = b.node(act, [b.conv("x", 1, 3)])
+        h = b.node("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])
+        return save(b.model(b.gemm(b.node("Flatten", [h], axis=1), 48, 4), 4), tmp_path / f"{act}.onnx")
+
+    x = structured_inputs((1, 8, 8), 80, seed=3)
+    np.save(tmp_path / "x.npy", x)
+    relu = pool_model("Relu")
+    r = invoke("compile", relu, "--calib", tmp_path / "x.npy", "-o", tmp_path / "m.amos", "--maxpool", "lipool")
+    assert r.exit_code == 0, r.output
+    r = invoke("inspect", tmp_path / "m.amos")
+    assert "lipool" in r.output and "max of 4 input compartments" in r.output
+    r = invoke("validate", tmp_path / "m.amos", "--onnx", relu, "-i", tmp_path / "x.npy", "--min-agreement", 0.95)
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["compile", str(pool_model("Sigmoid")), "--calib", str(tmp_path / "x.npy"),
+                                  "-o", str(tmp_path / "s.amos"), "--maxpool", "lipool"])
+    assert r.exit_code != 0 and "--maxpool tree" in r.output and not (tmp_path / "s.amos").exists()
