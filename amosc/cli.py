@@ -68,9 +68,11 @@ def main():
               help="16: a second set of 8-bit synapses carries each weight's rounding residue (twice the synapses); 8: one set.")
 @click.option("--maxpool", type=click.Choice(["tree", "lipool"]), default="tree", show_default=True,
               help="MaxPool circuit: tree = exact max(p, q) = q + relu(p - q) units (any input, log2(window) layers deep); lipool = lateral-inhibition pooling, one unit per output joining one compartment per window tap by max (ReLU-family inputs only; needs max-join compartments, so not the lava-loihi backend).")
+@click.option("--fit-tolerance", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Fitted units (SiLU, GELU, sigmoid, ...): largest chord error in output steps of the K-bit grid. Smaller: more segments (neurons), fewer bits each (shallower), closer to an ideal K-bit unit.")
 @_errors
 def compile(model, calib, output, bits, calibration, percentile, rounding, granularity, weight_bits,  # noqa: A001
-            maxpool):
+            maxpool, fit_tolerance):
     """Compile an ONNX MODEL into an AMOS program (.amos)."""
     from .compiler.calibrate import load_array
     from .compiler.importer import graph_input, load_model, normalize
@@ -79,7 +81,7 @@ def compile(model, calib, output, bits, calibration, percentile, rounding, granu
     from .ir.text import describe
 
     opts = Options(bits=bits, calibration=calibration, percentile=percentile, rounding=rounding,
-                   granularity=granularity, weight_bits=int(weight_bits), maxpool=maxpool)
+                   granularity=granularity, weight_bits=int(weight_bits), maxpool=maxpool, fit_tolerance=fit_tolerance)
     m, _ = load_model(model)
     _, shape, _ = graph_input(normalize(m, model), model)
     x = load_array(calib, shape, "calibration data")

@@ -32,7 +32,7 @@ FIXTURES = os.path.join(ROOT, "examples", "fixtures")
 MODELS = {
     "resnet": (os.path.join(EXAMPLE, "model.onnx"), {"relu"}, 200, 256, 0.97),
     "mobilenet": (os.path.join(FIXTURES, "mobilenet.onnx"), {"relu6"}, 200, 256, 0.97),
-    "efficientnet": (os.path.join(FIXTURES, "efficientnet.onnx"), {"silu", "sigmoid", "square"}, 40, 128, 0.85),
+    "efficientnet": (os.path.join(FIXTURES, "efficientnet.onnx"), {"silu", "sigmoid", "square"}, 30, 128, 0.85),
     "gelu_maxpool": (os.path.join(FIXTURES, "gelu_maxpool.onnx"), {"gelu", "max"}, 60, 256, 0.95),
 }
 

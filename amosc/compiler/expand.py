@@ -15,12 +15,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import linear as L
-from .activations import fit_layer
+from .activations import CHORD_TOLERANCE, fit_layer
 from .importer import Expr, FloatGraph, GateSpec
 
 
-def expand_fitted(fg: FloatGraph, ranges: dict, bits: int, balance: dict | None = None) -> FloatGraph:
-    """Replace every fitted gate (``gate.fn``) by its segments; ``ranges[name] = (lo, hi)``,
+def expand_fitted(fg: FloatGraph, ranges: dict, bits: int, balance: dict | None = None,
+                  tolerance: float = CHORD_TOLERANCE) -> FloatGraph:
+    """Replace every fitted gate (``gate.fn``) by its segments (chord ``tolerance`` in output
+    steps, see :func:`~.activations.fit_layer`); ``ranges[name] = (lo, hi)``,
     two arrays (C,) of per-channel bounds. ``balance[u]``: the per-channel factor a of a
     product's square pair (u, v), whose inputs become u' = alpha u + beta v and
     v' = beta u + alpha v with alpha = (a + 1/a) / 2, beta = (a - 1/a) / 2."""
@@ -41,7 +43,7 @@ def expand_fitted(fg: FloatGraph, ranges: dict, bits: int, balance: dict | None 
             continue
         c = gate.shape[0]
         lo, hi = (np.broadcast_to(np.asarray(v, np.float64), (c,)) for v in ranges[gate.name])
-        f = fit_layer(gate.fn, lo, hi, bits)
+        f = fit_layer(gate.fn, lo, hi, bits, tolerance)
         shape = (c * f.segments, *gate.shape[1:])
         tile = L.ChannelTile(tuple(gate.shape), shape, f.segments)
         breaks = f.breaks[:, :-1].ravel()

@@ -118,12 +118,12 @@ def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, **
     fg = import_model(model_path, maxpool=opts.maxpool)
     calib = check_input_array(calib, fg.input_shape, "calibration data")
     alphas, ranges, balance, in_range = calibrate(fg, calib, opts)
-    fg = expand_fitted(fg, ranges, opts.bits, balance)
+    fg = expand_fitted(fg, ranges, opts.bits, balance, opts.fit_tolerance)
     program = lower(fg, alphas, in_range, opts)
     program.options = {"bits": opts.bits, "calibration": opts.calibration,
                        "percentile": opts.percentile, "rounding": opts.rounding,
                        "granularity": opts.granularity, "weight_bits": opts.weight_bits,
-                       "maxpool": opts.maxpool}
+                       "maxpool": opts.maxpool, "fit_tolerance": opts.fit_tolerance}
     program.provenance = {"source": fg.path.rsplit("/", 1)[-1], "sha256": fg.sha256,
                           "opset": fg.opset, "amosc": __version__, "input_name": fg.input_name,
                           "output_name": fg.output_name, "softmax": fg.softmax or "",

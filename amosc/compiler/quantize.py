@@ -37,6 +37,7 @@ class Options:
     granularity: str = "channel"     # or "layer": one scale per channel or per population
     weight_bits: int = 16            # 16: a second 8-bit mantissa set carries the rounding residue
     maxpool: str = "tree"            # or "lipool": lateral-inhibition pooling (max-join units)
+    fit_tolerance: float = 0.1       # fitted units' chord error, in output steps (activations.py)
 
     def __post_init__(self):
         from ..errors import AmoscError
@@ -52,6 +53,8 @@ class Options:
             raise AmoscError(f"weight_bits must be 8 or 16, got {self.weight_bits}")
         if self.rounding not in ("round", "floor"):
             raise AmoscError(f"rounding must be 'round' or 'floor', got {self.rounding!r}")
+        if not 0 < self.fit_tolerance <= 1:
+            raise AmoscError(f"fit_tolerance must be in (0, 1] output steps, got {self.fit_tolerance}")
         if self.maxpool not in ("tree", "lipool"):
             raise AmoscError(f"maxpool must be 'tree' or 'lipool', got {self.maxpool!r}")
 
@@ -79,8 +82,11 @@ def _mantissas(m: L.LinearMap):
         vals = m.m.data
         per_row = np.diff(m.m.indptr)
         ch = np.repeat(np.arange(m.m.shape[0]) // (m.m.shape[0] // cout), per_row)
-        peak = np.zeros(cout)
-        np.maximum.at(peak, ch, np.abs(vals))
+        row_peak = np.zeros(m.m.shape[0])
+        filled = per_row > 0  # rows of one channel are contiguous: reduce per row, then per channel
+        if filled.any():
+            row_peak[filled] = np.maximum.reduceat(np.abs(vals), m.m.indptr[:-1][filled])
+        peak = row_peak.reshape(cout, -1).max(axis=1)
     if not isinstance(m, L.Sparse):
         peak = np.abs(rows).max(axis=1) if rows.size else np.zeros(cout)
     if not peak.size or peak.max() == 0.0:
