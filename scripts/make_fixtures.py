@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Train and export three small CNN fixture models (MobileNetV2-, EfficientNet-style and a
-GELU/MaxPool CNN) on Fashion-MNIST, for testing the compiler on other op patterns.
+"""Train and export four small CNN fixture models (MobileNetV2-, EfficientNet-style, a
+GELU/MaxPool CNN and a ReLU/MaxPool CNN) on Fashion-MNIST, for testing the compiler on other op patterns.
 
 This script is *not* part of the amosc package and needs PyTorch, which the
 project itself does not depend on.  Run it from a separate environment, e.g.::
@@ -22,6 +22,7 @@ Outputs (in --out):
     mobilenet.onnx     opset 11, fixed batch 1: input "input" (1, 1, 28, 28) -> "probs" (1, 10)
     efficientnet.onnx  opset 17, symbolic batch: input "input" (N, 1, 28, 28) -> "probs" (N, 10)
     gelu_maxpool.onnx  opset 13, symbolic batch: input "input" (N, 1, 28, 28) -> "probs" (N, 10)
+    relu_maxpool.onnx  opset 9, symbolic batch: input "input" (N, 1, 28, 28) -> "probs" (N, 10)
     README.md          description, op histograms, accuracies, how to regenerate
 Inputs are float32 pixels / 255 in [0, 1] (no normalization); outputs are softmax
 probabilities.  BatchNormalization nodes are kept (not folded into the convolutions).
@@ -162,6 +163,32 @@ def build_gelu_maxpool():
     return GeluMaxPool()
 
 
+def build_relu_maxpool():
+    """VGG-style CNN: ReLU before every MaxPool (where --maxpool lipool applies), one
+    padded 3x3/2 pool, GlobalAveragePool + Linear head."""
+    import torch.nn as nn
+
+    def conv_bn_relu(cin, cout):
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    class ReluMaxPool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(
+                *conv_bn_relu(1, 16), nn.MaxPool2d(2),                        # 16x14x14
+                *conv_bn_relu(16, 32), nn.MaxPool2d(3, stride=2, padding=1),  # 32x7x7
+                *conv_bn_relu(32, 32), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.classifier = nn.Linear(32, 10)
+
+        def logits(self, x):
+            return self.classifier(self.features(x))
+
+        def forward(self, x):
+            return self.logits(x).softmax(dim=1)
+
+    return ReluMaxPool()
+
+
 MODELS = {
     "mobilenet": dict(
         build=build_mobilenet, opset=11, dynamic_batch=False, epochs=4,
@@ -189,6 +216,13 @@ MODELS = {
              "MaxPool 2x2/2 (7x7); Conv3x3(32->16)+BN+GELU; Flatten (784), Gemm(784->24), "
              "GELU, Gemm(24->10), Softmax. GELU (exact, erf form) is exported as "
              "Div(x, sqrt 2) -> Erf -> Add 1 -> Mul x -> Mul 0.5, constants as Constant nodes.",
+    ),
+    "relu_maxpool": dict(
+        build=build_relu_maxpool, opset=9, dynamic_batch=True, epochs=4,
+        arch="Conv3x3(1->16)+BN+ReLU, MaxPool 2x2/2 (14x14); Conv3x3(16->32)+BN+ReLU, "
+             "MaxPool 3x3/2 pad 1 (7x7); Conv3x3(32->32)+BN+ReLU; GlobalAveragePool, Flatten, "
+             "Gemm(32->10), Softmax. Every MaxPool reads a ReLU, so both MaxPool circuits "
+             "(--maxpool tree and lipool) apply; opset 9, the oldest the compiler accepts.",
     ),
 }
 
@@ -298,12 +332,13 @@ def read_results(out_dir):
 def write_readme(out_dir, results, args):
     parts = ["""# Fixture models (Fashion-MNIST)
 
-Three small CNNs trained on the Fashion-MNIST training split, exported to ONNX with the
+Four small CNNs trained on the Fashion-MNIST training split, exported to ONNX with the
 TorchScript exporter (`torch.onnx.export(..., dynamo=False)`, torch 2.13,
 `training=TrainingMode.PRESERVE`, no constant folding), to exercise the compiler on op
 patterns the example model (`examples/fmnist_resnet`) does not have: ReLU6 as `Clip`,
 depthwise convolutions, squeeze-excitation (`Sigmoid` gate, broadcast `Mul`), SiLU, GELU
-(`Erf`), `MaxPool`, fixed batch vs symbolic batch, opsets 11 / 13 / 17.
+(`Erf`), `MaxPool` after GELU and after ReLU (padded too), fixed batch vs symbolic batch,
+opsets 9 / 11 / 13 / 17.
 
 All models take `input`: float32 `(N, 1, 28, 28)` (pixel / 255 in `[0, 1]`, no mean/std
 normalization; `N` is fixed to 1 in `mobilenet.onnx`) and produce `probs`: float32
@@ -350,7 +385,7 @@ test set). Accuracies below are float accuracies of the ONNX models under onnxru
 ## Regenerate
 
 Needs PyTorch in a separate environment, and `apt-get install -y dataset-fashion-mnist`
-for the data. Training is seeded and deterministic on CPU; all three models take about
+for the data. Training is seeded and deterministic on CPU; all four models take about
 {sum(r['train_s'] for r in results) / 60:.0f} minutes on 1 thread:
 
 ```
