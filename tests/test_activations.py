@@ -236,6 +236,45 @@ def test_lateral_inhibition_pooling_emits_the_code_of_the_max(tmp_path, kernel, 
     np.testing.assert_array_equal(evaluate(again, x[30:])["output"], ev["output"])
 
 
+def _pool_then(act_op, pad=0, **attrs):
+    """Conv -> BN -> MaxPool 3x3/2 -> act_op: the pool reads a pre-activation."""
+    b = GraphBuilder((2, 9, 9), 5)
+    h = b.node("MaxPool", [b.bn(b.conv("x", 2, 3), 3)], kernel_shape=[3, 3], strides=[2, 2], pads=[pad] * 4)
+    h = b.node(act_op, [h], **attrs)
+    ho = (9 + 2 * pad - 3) // 2 + 1
+    return b.model(b.gemm(b.node("Flatten", [h], axis=1), 3 * ho * ho, 4), 4)
+
+
+def test_lateral_inhibition_pool_of_a_pre_activation_becomes_its_relu_gate(tmp_path):
+    """Conv -> MaxPool -> Relu with --maxpool lipool: relu(max_i y_i) = max_i relu(y_i), so the
+    ReLU gate itself joins the window's compartments, at the pooled size, one layer deep."""
+    path = save(_pool_then("Relu"), tmp_path / "m.onnx")
+    x = structured_inputs((2, 9, 9), 80, seed=7)
+    fg = import_model(path, maxpool="lipool")
+    np.testing.assert_allclose(float_eval(fg, x)["output"], _ort(path, x), rtol=1e-4, atol=1e-4)
+    program = amosc.compile(path, x[:40], bits=6, maxpool="lipool")
+    tree = amosc.compile(path, x[:40], bits=6)
+    assert_levels_equal(program, x[40:])
+    gates = [p for p in program.populations if isinstance(p, GatePop)]
+    assert [(g.activation, g.compartments, g.shape) for g in gates] == [("relu", 9, (3, 4, 4))]
+    assert program.latency < tree.latency
+    out = decode(program.output_pop, evaluate(program, x[40:])[program.output])
+    ref = _ort(path, x[40:])
+    assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.95
+
+
+@pytest.mark.parametrize("act_op,pad,needle", [("Sigmoid", 0, "must feed Relu"), ("Relu", 1, "padded")])
+def test_lateral_inhibition_pool_of_a_pre_activation_needs_an_unpadded_relu(tmp_path, act_op, pad, needle):
+    from amosc.errors import ModelError
+    path = save(_pool_then(act_op, pad), tmp_path / "m.onnx")
+    with pytest.raises(ModelError, match=rf"MaxPool|{act_op}"):
+        import_model(path, maxpool="lipool")
+    with pytest.raises(ModelError, match=needle):
+        import_model(path, maxpool="lipool")
+    if not pad:
+        import_model(path)  # the tree takes it (padded, neither circuit can: padding reads 0)
+
+
 def test_lateral_inhibition_pooling_of_a_fitted_activation_is_a_clear_error(tmp_path):
     from amosc.errors import ModelError
     b = GraphBuilder((2, 9, 9), 5)

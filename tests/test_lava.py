@@ -41,9 +41,12 @@ def compiled(tmp_path, kind, bits):
         h = b.node("Mul", [b.node("LeakyRelu", [b.gemm(t, 6, 6)], alpha=0.2), s_])
         path = save(b.model(b.gemm(h, 6, 3), 3), tmp_path / "m.onnx")
         x = uniform_inputs((5,), 40, seed=2, lo=-2, hi=2)
-    elif kind in ("maxpool_cnn", "lipool_cnn"):
+    elif kind in ("maxpool_cnn", "lipool_cnn", "pool_relu_lipool"):
         b = GraphBuilder((1, 6, 6), seed=4)
-        h = b.node("MaxPool", [b.relu(b.conv("x", 1, 2))], kernel_shape=[2, 2], strides=[2, 2])
+        if kind == "pool_relu_lipool":  # the pool reads a pre-activation: a max-join ReLU gate
+            h = b.relu(b.node("MaxPool", [b.conv("x", 1, 2)], kernel_shape=[2, 2], strides=[2, 2]))
+        else:
+            h = b.node("MaxPool", [b.relu(b.conv("x", 1, 2))], kernel_shape=[2, 2], strides=[2, 2])
         h = b.node("Flatten", [h], axis=1)
         path = save(b.model(b.gemm(h, 18, 3), 3), tmp_path / "m.onnx")
         x = structured_inputs((1, 6, 6), 40, seed=1)
@@ -52,7 +55,7 @@ def compiled(tmp_path, kind, bits):
                           "cnn_plain": (False, "gap")}[kind]
         path = save(small_cnn(seed=4, residual=residual, pool=pool), tmp_path / "m.onnx")
         x = structured_inputs((1, 12, 12), 40, seed=1)
-    return amosc.compile(path, x[:30], bits=bits, maxpool="lipool" if kind == "lipool_cnn" else "tree"), x[30:]
+    return amosc.compile(path, x[:30], bits=bits, maxpool="lipool" if "lipool" in kind else "tree"), x[30:]
 
 
 def assert_spike_equal(program, res, ref):
@@ -66,7 +69,7 @@ def assert_spike_equal(program, res, ref):
 
 @pytest.mark.parametrize("kind,bits", [("mlp", 4), ("relu6_mlp", 3), ("cnn_res_avg", 4),
                                        ("cnn_res_gap", 6), ("cnn_plain", 8), ("gates_mlp", 5),
-                                       ("maxpool_cnn", 4), ("lipool_cnn", 5)])
+                                       ("maxpool_cnn", 4), ("lipool_cnn", 5), ("pool_relu_lipool", 4)])
 def test_fast_style_spike_for_spike(tmp_path, kind, bits):
     program, x = compiled(tmp_path, kind, bits)
     res = get_backend("lava").run(program, x, record=True, interval=1)

@@ -51,6 +51,9 @@ class Expr:
     origin: tuple | None = None
     #: the gate whose output this expression is (identity map, zero bias)
     gate: str | None = None
+    #: m > 1: a lateral-inhibition pool of a pre-activation, waiting for its ReLU: shape
+    #: (C * m, ...) holds m window taps per channel (see _Importer._lateral_inhibition_pool)
+    pooled: int = 1
 
     def apply(self, m: L.LinearMap, extra_bias=None) -> "Expr":
         maps = {s: L.compose(m, mm) for s, mm in self.maps.items()}
@@ -170,8 +173,11 @@ class _Importer:
 
     def activation(self, node, op, a) -> Expr:
         e = self.expr(node)
+        if e.pooled > 1 and not (op == "Relu" or (op == "Clip" and self._clip_from_zero(node, a))):
+            self.fail(node, "a lateral-inhibition pool of a pre-activation (--maxpool lipool) must feed "
+                            "Relu or Clip(0, max) directly")
         if op == "Relu":
-            return self.gate(node, e, "relu")
+            return self.gate(node, e, "relu", compartments=e.pooled)
         if op == "Clip":
             lo, hi = (self.const(node, j) for j in (1, 2)) if len(node.input) > 1 else (None, None)
             lo = float(a.get("min", -np.inf) if lo is None else np.asarray(lo).ravel()[0])
@@ -182,7 +188,7 @@ class _Importer:
                 upper = hi - lo if np.isfinite(hi) else None
                 label = "relu" if upper is None else f"relu{hi:g}" if lo == 0 else f"clip[{lo:g},{hi:g}]"
                 if lo == 0:
-                    return self.gate(node, e, label, upper=upper)
+                    return self.gate(node, e, label, upper=upper, compartments=e.pooled)
                 out = self.gate(node, e.scaled(1.0, -lo), label, upper=upper, pre_tensor="", tensor="")
                 return out.scaled(1.0, lo)
             if np.isfinite(hi):                       # hi - relu(hi - x)
@@ -209,6 +215,11 @@ class _Importer:
         name = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Softplus": "softplus", "Erf": "erf",
                 "HardSwish": "hardswish"}[op]
         return self.gate(node, e, name, fn=ScalarFn(name))
+
+    def _clip_from_zero(self, node, a) -> bool:
+        lo = self.const(node, 1) if len(node.input) > 1 else None
+        lo = float(a.get("min", -np.inf) if lo is None else np.asarray(lo).ravel()[0])
+        return lo == 0
 
     def fail(self, node, msg):
         raise ModelError(f"{self.path}: node {node.name or '<unnamed>'!r} ({node.op_type}): {msg}")
@@ -573,19 +584,26 @@ class _Importer:
     def _lateral_inhibition_pool(self, node, e, k, strides, pads, nonneg):
         """MaxPool as one unit per output with a compartment per window tap, joined by max
         (the burst paper's LIPooling on AMOS codes): the taps' codes share their source's
-        step, so the max of the codes is the code of the max, exact and one layer deep."""
-        if not nonneg:
-            what = "a fitted (segmented) activation" if e.gate else "not one activation's output"
-            self.fail(node, f"lateral-inhibition pooling (--maxpool lipool) needs its input to be one "
-                            f"ReLU-family activation's AMOS code; this input is {what}. Use --maxpool "
-                            "tree (exact max units on any input)")
+        step, so the max of the codes is the code of the max, exact and one layer deep.
+        A pool of a pre-activation (Conv -> MaxPool -> Relu) is left pending and becomes the
+        ReLU gate itself: relu(max_i y_i) = max_i relu(y_i), one gate at the pooled size."""
         c, m = e.shape[0], k[0] * k[1]
         w = np.zeros((c * m, 1, *k))
         for i in range(k[0]):
             for j in range(k[1]):
                 w[np.arange(c) * m + i * k[1] + j, 0, i, j] = 1.0
         taps = e.apply(L.conv_map(e.shape, w, strides, pads, (1, 1), c))
-        return self.gate(node, taps, "lipool", pre_tensor="", alpha_from=e.gate, compartments=m)
+        if nonneg:
+            return self.gate(node, taps, "lipool", pre_tensor="", alpha_from=e.gate, compartments=m)
+        if e.gate or e.pooled > 1:
+            what = "a fitted (segmented) activation" if e.gate else "another pending pool"
+            self.fail(node, f"lateral-inhibition pooling (--maxpool lipool) needs its input to be one "
+                            f"ReLU-family activation's AMOS code, or a pre-activation that feeds a ReLU; "
+                            f"this input is {what}. Use --maxpool tree (exact max units on any input)")
+        if any(pads):
+            self.fail(node, "padded lateral-inhibition pooling of a pre-activation: padding reads 0, "
+                            "not -inf, for inputs that can be negative. Use --maxpool tree")
+        return Expr(taps.shape, taps.maps, taps.bias, pooled=m)
 
     def op_Resize(self, node, a):
         e = self.expr(node)
@@ -761,6 +779,11 @@ def import_model(path, maxpool: str = "tree") -> FloatGraph:
             for o, v in zip(node.output, _fold(node, ins, path)):
                 env[o] = v
             continue
+        pending = [n for n, v in zip(node.input, ins) if isinstance(v, Expr) and v.pooled > 1]
+        if pending and op not in ("Relu", "Clip"):
+            imp.fail(node, f"input {pending[0]!r} is a lateral-inhibition pool of a pre-activation "
+                           "(--maxpool lipool), which must feed Relu or Clip(0, max) directly; use "
+                           "--maxpool tree")
         if op in ("Softmax", "LogSoftmax"):
             if node.output[0] != g.output_name:
                 imp.fail(node, f"{op} is supported only as the final op (it is dropped: argmax is unchanged)")
@@ -780,6 +803,9 @@ def import_model(path, maxpool: str = "tree") -> FloatGraph:
         if not isinstance(out, Expr):
             raise ModelError(f"{path}: output {g.output_name!r} does not depend on the input")
         g.readout, g.readout_tensor = out, g.output_name
+    if g.readout.pooled > 1:
+        raise ModelError(f"{path}: output {g.output_name!r} is a lateral-inhibition pool of a "
+                         "pre-activation (--maxpool lipool) with no ReLU after it; use --maxpool tree")
     if len(g.readout.shape) != 1:
         raise ModelError(f"{path}: output {g.output_name!r} must be (N, classes), got per-sample shape "
                          f"{g.readout.shape}")

@@ -56,9 +56,11 @@ def calibrate(fg, calib: np.ndarray, opts: Options):
                                                  np.concatenate(samples[g.partner]))
             samples[g.name], samples[g.partner] = [u], [w]
     for g in fg.gates:
-        if g.compartments > 1:  # a pooling unit's step is its source's
+        if g.compartments > 1 and g.alpha_from is not None:  # a pool of codes: its source's step
             continue
         v = np.concatenate(samples.pop(g.name))
+        if g.compartments > 1:  # a pooled pre-activation: the range of the max
+            v = v.reshape((v.shape[0], g.shape[0], g.compartments) + tuple(g.shape[1:])).max(axis=2)
         per_sample = int(np.prod(v.shape[1:]))
         if v.size > MAX_CALIB_VALUES:  # keep whole samples, evenly spaced
             v = v[:: -(-v.shape[0] * per_sample // MAX_CALIB_VALUES)]

@@ -290,7 +290,7 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
             floor = top * 2.0 ** min(K - opts.weight_bits, 0)
             alpha = np.maximum(alpha, floor) if top > 0 else np.ones_like(alpha)
             out_step, exact = alpha / maxcode, False
-        if gs.compartments > 1 and not exact:
+        if gs.compartments > 1 and gs.alpha_from is not None and not exact:
             raise RangeError(f"layer {gs.name!r}: a lateral-inhibition pooling unit needs its source's "
                              "code steps (a ReLU-family activation with the same bits)")
         pop, ps = build(gs.name, gs.expr, gs.shape, out_step, bits, exact, gs.compartments)
