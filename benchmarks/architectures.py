@@ -9,8 +9,9 @@ set) and its 500 held-out test images. For every model and K: compile, evaluate 
 integer program (level 1, equal integer for integer to the spiking simulators) and
 report accuracy, drop versus onnxruntime on the float model, top-1 agreement, neurons,
 latency and spikes per input. Models whose MaxPools all read ReLU-family activations are
-also measured with ``--maxpool lipool``. With ``--only`` and ``--write``, the other
-models' sections of an existing report are kept.
+also measured with ``--maxpool lipool``; ``--variant fit_tolerance=0.5`` (repeatable)
+measures more option sets. With ``--only`` and ``--write``, the other models' sections of
+an existing report are kept.
 """
 
 from __future__ import annotations
@@ -79,9 +80,10 @@ def measure(path, calib, x, y, ref, bits, **options):
                 fit_err=max((f["max_err_steps"] for f in fitted), default=None))
 
 
-def variants(path, model) -> list:
-    """Option sets to measure: the defaults, and lateral-inhibition pooling where it applies."""
-    out = [{}]
+def variants(path, model, extra=()) -> list:
+    """Option sets to measure: the defaults, ``extra`` and lateral-inhibition pooling where it
+    applies."""
+    out = [{}, *extra]
     if any(n.op_type == "MaxPool" for n in model.graph.node):
         from amosc.compiler.importer import import_model
         from amosc.errors import ModelError
@@ -91,6 +93,17 @@ def variants(path, model) -> list:
         except ModelError:
             pass  # a MaxPool reads a fitted activation: only the tree applies
     return out
+
+
+def _option(text: str) -> tuple:
+    """'fit_tolerance=0.5' -> ('fit_tolerance', 0.5), typed like the Options field."""
+    from dataclasses import fields
+    from amosc.compiler.quantize import Options
+    key, _, value = text.partition("=")
+    types = {f.name: type(getattr(Options(), f.name)) for f in fields(Options)}
+    if key not in types or not value:
+        raise SystemExit(f"--variant {text!r}: expected OPTION=VALUE with OPTION one of {sorted(types)}")
+    return key, types[key](value)
 
 
 def _sections(path) -> dict:
@@ -110,7 +123,10 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=500, help="test images to use")
     ap.add_argument("--only", help="comma-separated model names")
     ap.add_argument("--write", help="write a markdown report here")
+    ap.add_argument("--variant", action="append", default=[], metavar="OPTION=VALUE",
+                    help="also measure with this compile option changed (an amosc.compile keyword)")
     a = ap.parse_args(argv)
+    extra = [dict([_option(v)]) for v in a.variant]
     calib = np.load(os.path.join(DATA, "calib.npy"))
     x = np.load(os.path.join(DATA, "test_x.npy"))[:a.limit]
     y = np.load(os.path.join(DATA, "test_y.npy"))[:a.limit]
@@ -122,7 +138,7 @@ def main(argv=None):
         ref, model = float_logits(path, x)
         acc_float = float((ref.argmax(1) == y).mean())
         rows = []
-        for k, options in [(k, o) for o in variants(path, model) for k in bits]:
+        for k, options in [(k, o) for o in variants(path, model, extra) for k in bits]:
             r = measure(path, calib, x, y, ref, k, **options)
             rows.append(r)
             print(f"{name:13s} K={k} {r['variant']:17s} float {acc_float * 100:.2f}%  snn {r['acc'] * 100:.2f}%  "
