@@ -394,3 +394,14 @@ def test_fit_on_a_non_finite_range_names_the_function():
     from amosc.errors import ModelError
     with pytest.raises(ModelError, match=r"cannot fit silu on a non-finite range"):
         fit_layer(ScalarFn("silu"), [-1.0, float("nan")], [1.0, 2.0], 4)
+
+
+def test_lateral_inhibition_pool_of_a_padded_conv_of_a_shifted_input_is_a_clear_error(tmp_path):
+    """The input's zero point through a padded conv reaches a window's taps differently at
+    the borders; a max-join unit has one bias after the max, so the compile says so."""
+    from amosc.errors import RangeError
+    path = save(_pool_then("Relu"), tmp_path / "m.onnx")
+    x = structured_inputs((2, 9, 9), 40, seed=7) - 0.5    # zero point -0.5
+    with pytest.raises(RangeError, match=r"constant inputs.*--maxpool tree"):
+        amosc.compile(path, x, bits=6, maxpool="lipool")
+    amosc.compile(path, x, bits=6)

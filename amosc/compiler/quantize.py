@@ -186,8 +186,9 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
             syn = syn.reshape(per).max(axis=1)
             bias = bias.reshape(per)
             if not np.all(bias == bias[:, :1]):
-                raise RangeError(f"layer {name!r}: its compartments have different biases; a max-join "
-                                 "unit adds one bias after the max")
+                raise RangeError(f"layer {name!r}: its window taps carry different constant inputs (e.g. "
+                                 "the input's zero point through a padded conv), but a max-join unit "
+                                 "adds one bias after the max; compile with --maxpool tree")
             bias = bias[:, 0]
         absb = np.abs(bias)
         if gate:
