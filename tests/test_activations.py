@@ -405,3 +405,22 @@ def test_lateral_inhibition_pool_of_a_padded_conv_of_a_shifted_input_is_a_clear_
     with pytest.raises(RangeError, match=r"constant inputs.*--maxpool tree"):
         amosc.compile(path, x, bits=6, maxpool="lipool")
     amosc.compile(path, x, bits=6)
+
+
+@pytest.mark.parametrize("hw,kernel,stride,pad", [(10, 3, 2, 0), (12, 3, 2, 1), (9, 2, 2, 1), (11, 3, 3, 1)])
+@pytest.mark.parametrize("maxpool", ["tree", "lipool"])
+def test_ceil_mode_maxpool_matches_onnxruntime(tmp_path, hw, kernel, stride, pad, maxpool):
+    """ceil_mode=1 (as Caffe-converted and some PyTorch models have): the extra windows read
+    zero padding, max-neutral on ReLU codes, and a window that would start in the end padding
+    is dropped, as onnxruntime does. A global average after the pool makes any wrong window
+    count change the output (the last two cases are the dropped-window rule)."""
+    b = GraphBuilder((2, hw, hw), 5)
+    h = b.node("MaxPool", [b.relu(b.conv("x", 2, 3))], kernel_shape=[kernel, kernel],
+               strides=[stride, stride], pads=[pad] * 4, ceil_mode=1)
+    h = b.node("Flatten", [b.node("GlobalAveragePool", [h])], axis=1)
+    path = save(b.model(b.gemm(h, 3, 4), 4), tmp_path / "m.onnx")
+    x = structured_inputs((2, hw, hw), 50, seed=7)
+    fg = import_model(path, maxpool=maxpool)
+    np.testing.assert_allclose(float_eval(fg, x)["output"], _ort(path, x), rtol=1e-4, atol=1e-4)
+    program = amosc.compile(path, x[:30], bits=6, maxpool=maxpool)
+    assert_levels_equal(program, x[30:])

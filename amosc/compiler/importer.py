@@ -542,12 +542,12 @@ class _Importer:
         k = tuple(a["kernel_shape"])
         if len(k) != 2 or len(e.shape) != 3:
             self.fail(node, f"only 2-D pooling on (C, H, W) is supported; input {e.shape}")
-        if a.get("ceil_mode", 0):
-            self.fail(node, "ceil_mode=1 is not supported")
         if tuple(a.get("dilations", (1, 1))) != (1, 1):
             self.fail(node, "dilated MaxPool is not supported")
         strides = tuple(a.get("strides", (1, 1)))
         pads = self._pads(node, a, e.shape[1:], k, strides, (1, 1))
+        if a.get("ceil_mode", 0):
+            pads = _ceil_pads(e.shape[1:], k, strides, pads)
         src = self.gates.get(e.gate) if e.gate else None
         nonneg = src is not None and src.fn is None   # a ReLU-family gate's output
         if self.maxpool == "lipool":
@@ -730,6 +730,20 @@ def _fold(node, values, path):
         return ev.run(None, {n: v for n, v in zip(node.input, values) if n})
     except Exception as exc:
         raise ModelError(f"{path}: node {node.name!r} ({node.op_type}): constant folding failed: {exc}") from None
+
+
+def _ceil_pads(hw, k, strides, pads) -> tuple:
+    """Pads that make a floor-mode pool produce the ceil_mode=1 output size: ONNX (as
+    PyTorch) rounds the count of windows up, except a window that would start in the end
+    padding; the extra windows read the added padding (zero: max-neutral for x >= 0)."""
+    end = list(pads[2:])
+    for a, (n, kk, s) in enumerate(zip(hw, k, strides)):
+        span = n + pads[a] + pads[a + 2] - kk
+        out = -(-span // s) + 1
+        if (out - 1) * s >= n + pads[a]:
+            out -= 1
+        end[a] += max(0, (out - 1) * s - span)
+    return (pads[0], pads[1], end[0], end[1])
 
 
 #: How MaxPool is lowered: "tree" (a tree of exact max(p, q) = q + relu(p - q) units, any
