@@ -553,7 +553,7 @@ class _Importer:
         if self.maxpool == "lipool":
             return self._lateral_inhibition_pool(node, e, k, strides, pads, nonneg)
         if any(pads) and not nonneg:
-            self.fail(node, "padded MaxPool needs a non-negative input (a ReLU-family activation); "
+            self.fail(node, "padded (or ceil_mode=1) MaxPool needs a non-negative input (a ReLU-family activation); "
                             "this input can be negative")
         c = e.shape[0]
         terms = []
