@@ -783,6 +783,11 @@ def import_model(path, maxpool: str = "tree") -> FloatGraph:
             if n and v is None:
                 imp.fail(node, f"input tensor {n!r} is not produced by any earlier node")
         a = imp.attrs(node)
+        pending = [n for n, v in zip(node.input, ins) if isinstance(v, Expr) and v.pooled > 1]
+        if pending and op not in ("Relu", "Clip", "Identity", "Dropout"):
+            imp.fail(node, f"input {pending[0]!r} is a lateral-inhibition pool of a pre-activation "
+                           "(--maxpool lipool), which must feed Relu or Clip(0, max) directly; use "
+                           "--maxpool tree")
         if op == "Constant":
             env[node.output[0]] = _fold(node, [], path)[0]
             continue
@@ -793,11 +798,6 @@ def import_model(path, maxpool: str = "tree") -> FloatGraph:
             for o, v in zip(node.output, _fold(node, ins, path)):
                 env[o] = v
             continue
-        pending = [n for n, v in zip(node.input, ins) if isinstance(v, Expr) and v.pooled > 1]
-        if pending and op not in ("Relu", "Clip"):
-            imp.fail(node, f"input {pending[0]!r} is a lateral-inhibition pool of a pre-activation "
-                           "(--maxpool lipool), which must feed Relu or Clip(0, max) directly; use "
-                           "--maxpool tree")
         if op in ("Softmax", "LogSoftmax"):
             if node.output[0] != g.output_name:
                 imp.fail(node, f"{op} is supported only as the final op (it is dropped: argmax is unchanged)")
