@@ -132,7 +132,7 @@ def _projection(name, src, tgt, m: L.LinearMap) -> Projection | None:
         attrs = dict(strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=ins[0])
         return Projection(name, src, tgt, "conv", np.ascontiguousarray(w), e, ins, outs, attrs)
     if isinstance(m, L.Scale):
-        mat = sp.diags(q.ravel().astype(np.int8)).tocsr()
+        mat = sp.diags(q.ravel().astype(np.int8), dtype=np.int8).tocsr()
         return Projection(name, src, tgt, "sparse", _csr_int8(mat), e, ins, outs)
     if isinstance(m, L.Dense):
         return Projection(name, src, tgt, "dense", q, e, ins, outs)

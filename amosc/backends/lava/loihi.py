@@ -84,8 +84,9 @@ def plan(program: Program, record: bool = True) -> dict:
             if pop.compartments > 1:
                 raise BackendError(
                     f"population {pop.name!r} joins {pop.compartments} input compartments by max "
-                    "(lateral-inhibition pooling); the 'loihi' style builds single-compartment LIFReset "
-                    "units only. Use the 'fast' style (backend 'lava') or compile with --maxpool tree.")
+                    "(lateral-inhibition pooling); the 'loihi' style and `amosc export` build "
+                    "single-compartment LIFReset units only. Run it on backend 'lava' (fast style) or "
+                    "compile with --maxpool tree.")
             code = pop.code
             enable = enable_weights(pop.bias.ravel())
             names = [f"{pop.name}#u{k}" for k in range(code.bits)]
@@ -118,7 +119,7 @@ def plan(program: Program, record: bool = True) -> dict:
             m = _sparse(proj, proj.weight)
             row_exp = proj.exp[np.arange(m.shape[0]) // (m.shape[0] // proj.out_shape[0])]
             for ev in np.unique(row_exp):  # one synapse group per distinct exponent
-                part = sp.csr_matrix(sp.diags((row_exp == ev).astype(np.int64)) @ m)
+                part = sp.csr_matrix(sp.diags((row_exp == ev).astype(np.int64), dtype=np.int64) @ m)
                 part.eliminate_zeros()
                 if part.nnz == 0:
                     continue
