@@ -424,3 +424,19 @@ def test_ceil_mode_maxpool_matches_onnxruntime(tmp_path, hw, kernel, stride, pad
     np.testing.assert_allclose(float_eval(fg, x)["output"], _ort(path, x), rtol=1e-4, atol=1e-4)
     program = amosc.compile(path, x[:30], bits=6, maxpool=maxpool)
     assert_levels_equal(program, x[30:])
+
+
+@pytest.mark.parametrize("hw,kernel,stride,pad", [(10, 3, 2, 0), (12, 3, 2, 1), (9, 2, 2, 1), (11, 3, 3, 1),
+                                                  (8, 3, 1, 1)])
+@pytest.mark.parametrize("ceil", [0, 1])
+@pytest.mark.parametrize("include_pad", [0, 1])
+def test_average_pool_modes_match_onnxruntime(tmp_path, hw, kernel, stride, pad, ceil, include_pad):
+    """AveragePool with pads, count_include_pad and ceil_mode: the divisor counts the window's
+    elements inside the input (plus its pads with count_include_pad=1), never the ceil overhang."""
+    b = GraphBuilder((2, hw, hw), 5)
+    h = b.node("AveragePool", [b.conv("x", 2, 3)], kernel_shape=[kernel, kernel], strides=[stride, stride],
+               pads=[pad] * 4, ceil_mode=ceil, count_include_pad=include_pad)
+    h = b.node("Flatten", [b.node("GlobalAveragePool", [b.relu(h)])], axis=1)
+    path = save(b.model(b.gemm(h, 3, 4), 4), tmp_path / "m.onnx")
+    x = structured_inputs((2, hw, hw), 20, seed=7)
+    np.testing.assert_allclose(float_eval(import_model(path), x)["output"], _ort(path, x), rtol=1e-4, atol=1e-4)

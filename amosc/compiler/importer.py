@@ -512,13 +512,19 @@ class _Importer:
             offset += p.shape[ax]
         return Expr(out_shape, maps, np.concatenate(biases, axis=ax))
 
-    def _pool(self, node, e, k, strides, pads, include_pad):
+    def _pool(self, node, e, k, strides, pads, counted):
+        """Average pooling with zero ``pads``; a window is divided by its number of elements
+        inside the input padded by ``counted`` (pads for count_include_pad=1, none for 0; the
+        extra end padding of ceil_mode=1 never counts)."""
         c = e.shape[0]
         w = np.full((c, 1, *k), 1.0 / (k[0] * k[1]))
         m = L.conv_map(e.shape, w, strides, pads, (1, 1), c)
-        if not include_pad and any(pads):
-            ones = np.ones((1, 1, *e.shape[1:]))
-            cnt = L.conv_map((1, *e.shape[1:]), np.ones((1, 1, *k)), strides, pads, (1, 1), 1).apply(ones)[0, 0]
+        if tuple(counted) != tuple(pads):
+            (ct, cl, cb, cr), (h, wd) = counted, e.shape[1:]
+            region = (1, h + ct + cb, wd + cl + cr)   # where window elements count
+            rest = (pads[0] - ct, pads[1] - cl, pads[2] - cb, pads[3] - cr)
+            cnt = L.conv_map(region, np.ones((1, 1, *k)), strides, rest, (1, 1), 1).apply(
+                np.ones((1, *region)))[0, 0]
             factor = np.broadcast_to(k[0] * k[1] / cnt, m.out_shape)
             import scipy.sparse as sp
             m = L.Sparse(m.in_shape, m.out_shape, sp.diags(factor.ravel()).tocsr() @ m.to_sparse())
@@ -529,11 +535,12 @@ class _Importer:
         k = tuple(a["kernel_shape"])
         if len(k) != 2 or len(e.shape) != 3:
             self.fail(node, f"only 2-D pooling on (C, H, W) is supported; input {e.shape}")
-        if a.get("ceil_mode", 0):
-            self.fail(node, "ceil_mode=1 is not supported")
         strides = tuple(a.get("strides", (1, 1)))
         pads = self._pads(node, a, e.shape[1:], k, strides, (1, 1))
-        return self._pool(node, e, k, strides, pads, bool(a.get("count_include_pad", 0)))
+        counted = pads if a.get("count_include_pad", 0) else (0, 0, 0, 0)
+        if a.get("ceil_mode", 0):
+            pads = _ceil_pads(e.shape[1:], k, strides, pads)
+        return self._pool(node, e, k, strides, pads, counted)
 
     def op_MaxPool(self, node, a):
         e = self.expr(node)
@@ -655,7 +662,7 @@ class _Importer:
         e = self.expr(node)
         if len(e.shape) != 3:
             self.fail(node, f"expects a (C, H, W) input, got {e.shape}")
-        return self._pool(node, e, e.shape[1:], (1, 1), (0, 0, 0, 0), True)
+        return self._pool(node, e, e.shape[1:], (1, 1), (0, 0, 0, 0), (0, 0, 0, 0))
 
 
 def load_model(path) -> tuple[onnx.ModelProto, bytes]:
@@ -735,7 +742,8 @@ def _fold(node, values, path):
 def _ceil_pads(hw, k, strides, pads) -> tuple:
     """Pads that make a floor-mode pool produce the ceil_mode=1 output size: ONNX (as
     PyTorch) rounds the count of windows up, except a window that would start in the end
-    padding; the extra windows read the added padding (zero: max-neutral for x >= 0)."""
+    padding; the extra windows read the added padding (zero: max-neutral for x >= 0, and
+    not counted by an average)."""
     end = list(pads[2:])
     for a, (n, kk, s) in enumerate(zip(hw, k, strides)):
         span = n + pads[a] + pads[a + 2] - kk
