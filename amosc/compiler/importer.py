@@ -19,6 +19,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import ModelError
+from ..ir.semantics import max_compartments
 from . import linear as L
 from .activations import ScalarFn
 
@@ -114,9 +115,7 @@ class GateSpec:
 
     def value(self, pre: np.ndarray) -> np.ndarray:
         """The float activation of pre-activation values (N, *expr.shape)."""
-        if self.compartments > 1:
-            pre = pre.reshape((pre.shape[0], self.shape[0], self.compartments) + tuple(self.shape[1:]))
-            pre = pre.max(axis=2)
+        pre = max_compartments(pre, self.compartments)
         if self.fn is not None:
             return self.fn(pre)
         y = np.maximum(pre, 0)
@@ -173,9 +172,6 @@ class _Importer:
 
     def activation(self, node, op, a) -> Expr:
         e = self.expr(node)
-        if e.pooled > 1 and not (op == "Relu" or (op == "Clip" and self._clip_from_zero(node, a))):
-            self.fail(node, "a lateral-inhibition pool of a pre-activation (--maxpool lipool) must feed "
-                            "Relu or Clip(0, max) directly")
         if op == "Relu":
             return self.gate(node, e, "relu", compartments=e.pooled)
         if op == "Clip":
@@ -184,6 +180,9 @@ class _Importer:
             hi = float(a.get("max", np.inf) if hi is None else np.asarray(hi).ravel()[0])
             if hi < lo:
                 self.fail(node, f"Clip bounds min={lo} > max={hi}")
+            if e.pooled > 1 and lo != 0:  # (the import loop lets only Relu and Clip reach here)
+                self.fail(node, "a lateral-inhibition pool of a pre-activation (--maxpool lipool) must feed "
+                                "Relu or Clip(0, max) directly")
             if np.isfinite(lo):                       # lo + clip(x - lo, 0, hi - lo), hi may be inf
                 upper = hi - lo if np.isfinite(hi) else None
                 label = "relu" if upper is None else f"relu{hi:g}" if lo == 0 else f"clip[{lo:g},{hi:g}]"
@@ -215,11 +214,6 @@ class _Importer:
         name = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Softplus": "softplus", "Erf": "erf",
                 "HardSwish": "hardswish"}[op]
         return self.gate(node, e, name, fn=ScalarFn(name))
-
-    def _clip_from_zero(self, node, a) -> bool:
-        lo = self.const(node, 1) if len(node.input) > 1 else None
-        lo = float(a.get("min", -np.inf) if lo is None else np.asarray(lo).ravel()[0])
-        return lo == 0
 
     def fail(self, node, msg):
         raise ModelError(f"{self.path}: node {node.name or '<unnamed>'!r} ({node.op_type}): {msg}")
@@ -562,16 +556,11 @@ class _Importer:
         if any(pads) and not nonneg:
             self.fail(node, "padded (or ceil_mode=1) MaxPool needs a non-negative input (a ReLU-family activation); "
                             "this input can be negative")
-        c = e.shape[0]
-        terms = []
-        for i in range(k[0]):
-            for j in range(k[1]):
-                # tap (i, j) of every window: a one-hot depthwise convolution, so that it
-                # composes with the source's and the consumer's maps into convolutions;
-                # padding reads 0, max-neutral for x >= 0
-                tap = np.zeros((c, 1, *k))
-                tap[:, 0, i, j] = 1.0
-                terms.append(e.apply(L.conv_map(e.shape, tap, strides, pads, (1, 1), c)))
+        # tap t of every window: a one-hot depthwise convolution, so that it composes with the
+        # source's and the consumer's maps into convolutions; padding reads 0, max-neutral
+        # for x >= 0
+        terms = [e.apply(L.conv_map(e.shape, tap, strides, pads, (1, 1), e.shape[0]))
+                 for tap in _window_taps(e.shape[0], k)]
         # a tree of max(p, q) = q + relu(p - q); each relu is an exact AMOS ADC when the input
         # is a ReLU gate's code (same step, see quantize.lower)
         level = 0
@@ -595,10 +584,7 @@ class _Importer:
         A pool of a pre-activation (Conv -> MaxPool -> Relu) is left pending and becomes the
         ReLU gate itself: relu(max_i y_i) = max_i relu(y_i), one gate at the pooled size."""
         c, m = e.shape[0], k[0] * k[1]
-        w = np.zeros((c * m, 1, *k))
-        for i in range(k[0]):
-            for j in range(k[1]):
-                w[np.arange(c) * m + i * k[1] + j, 0, i, j] = 1.0
+        w = np.stack(_window_taps(c, k), axis=1).reshape(c * m, 1, *k)  # row c * m + t: tap t
         taps = e.apply(L.conv_map(e.shape, w, strides, pads, (1, 1), c))
         if nonneg:
             return self.gate(node, taps, "lipool", pre_tensor="", alpha_from=e.gate, compartments=m)
@@ -737,6 +723,18 @@ def _fold(node, values, path):
         return ev.run(None, {n: v for n, v in zip(node.input, values) if n})
     except Exception as exc:
         raise ModelError(f"{path}: node {node.name!r} ({node.op_type}): constant folding failed: {exc}") from None
+
+
+def _window_taps(c: int, k) -> list:
+    """The k[0] * k[1] positions of a pooling window, row-major, each as a one-hot
+    depthwise kernel (c, 1, *k)."""
+    taps = []
+    for i in range(k[0]):
+        for j in range(k[1]):
+            tap = np.zeros((c, 1, *k))
+            tap[:, 0, i, j] = 1.0
+            taps.append(tap)
+    return taps
 
 
 def _ceil_pads(hw, k, strides, pads) -> tuple:

@@ -7,6 +7,7 @@ import numpy as np
 from .. import __version__
 from ..errors import IRError, RangeError
 from ..ir.nodes import Program
+from ..ir.semantics import max_compartments
 from ..ir.verify import verify
 from .calibrate import channel_rows, check_input_array, mse_fn_range, scale_from
 from .expand import expand_fitted
@@ -59,8 +60,7 @@ def calibrate(fg, calib: np.ndarray, opts: Options):
         if g.compartments > 1 and g.alpha_from is not None:  # a pool of codes: its source's step
             continue
         v = np.concatenate(samples.pop(g.name))
-        if g.compartments > 1:  # a pooled pre-activation: the range of the max
-            v = v.reshape((v.shape[0], g.shape[0], g.compartments) + tuple(g.shape[1:])).max(axis=2)
+        v = max_compartments(v, g.compartments)  # a pooled pre-activation: the range of the max
         per_sample = int(np.prod(v.shape[1:]))
         if v.size > MAX_CALIB_VALUES:  # keep whole samples, evenly spaced
             v = v[:: -(-v.shape[0] * per_sample // MAX_CALIB_VALUES)]

@@ -19,9 +19,11 @@ import scipy.sparse as sp
 from ..errors import RangeError
 from ..ir.nodes import (ACC_LIMIT, BIAS_LIMIT, ENABLE_SHIFT, MAX_WEIGHT_SHIFT, MIN_WEIGHT_SHIFT, WEIGHT_MAX, Code, GatePop, InputPop, Program, Projection,
                         ReadoutPop)
+from ..ir.semantics import max_compartments
 from ..ir.verify import check_ranges, max_plane_shift
 from . import linear as L
-from .importer import FloatGraph
+from .activations import CHORD_TOLERANCE
+from .importer import MAXPOOL_MODES, FloatGraph
 
 MARGIN = 0.97  # head-room for mantissa rounding; the exact bound is re-checked after
 THETA_TARGET = 64  # accumulator units per output step to aim for
@@ -37,7 +39,7 @@ class Options:
     granularity: str = "channel"     # or "layer": one scale per channel or per population
     weight_bits: int = 16            # 16: a second 8-bit mantissa set carries the rounding residue
     maxpool: str = "tree"            # or "lipool": lateral-inhibition pooling (max-join units)
-    fit_tolerance: float = 0.1       # fitted units' chord error, in output steps (activations.py)
+    fit_tolerance: float = CHORD_TOLERANCE  # fitted units' chord error, in output steps
 
     def __post_init__(self):
         from ..errors import AmoscError
@@ -55,8 +57,8 @@ class Options:
             raise AmoscError(f"rounding must be 'round' or 'floor', got {self.rounding!r}")
         if not 0 < self.fit_tolerance <= 1:
             raise AmoscError(f"fit_tolerance must be in (0, 1] output steps, got {self.fit_tolerance}")
-        if self.maxpool not in ("tree", "lipool"):
-            raise AmoscError(f"maxpool must be 'tree' or 'lipool', got {self.maxpool!r}")
+        if self.maxpool not in MAXPOOL_MODES:
+            raise AmoscError(f"maxpool must be one of {MAXPOOL_MODES}, got {self.maxpool!r}")
 
 
 def mantissa_floor(v: int) -> int:
@@ -182,9 +184,8 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
             lo_ += n * code_of[src].max_code
         syn = np.maximum(hi_, -lo_)
         if compartments > 1:  # one accumulator per compartment; the bias acts after the max
-            per = (shape[0], compartments, *shape[1:])
-            syn = syn.reshape(per).max(axis=1)
-            bias = bias.reshape(per)
+            syn = max_compartments(syn[None], compartments)[0]
+            bias = bias.reshape((shape[0], compartments, *shape[1:]))
             if not np.all(bias == bias[:, :1]):
                 raise RangeError(f"layer {name!r}: its window taps carry different constant inputs (e.g. "
                                  "the input's zero point through a padded conv), but a max-join unit "

@@ -167,13 +167,18 @@ def spikes_input(proj: Projection, code: Code, z: np.ndarray) -> np.ndarray:
     return out
 
 
+def max_compartments(a: np.ndarray, m: int) -> np.ndarray:
+    """a (N, C * m, ...) with compartment i of channel c at c * m + i -> the max over each
+    channel's m compartments (N, C, ...); a itself when m == 1."""
+    if m == 1:
+        return a
+    return a.reshape((a.shape[0], a.shape[1] // m, m) + tuple(a.shape[2:])).max(axis=2)
+
+
 def join(pop, a: np.ndarray) -> np.ndarray:
     """A population's per-unit input from what its projections deliver, a (N, *input_shape):
     the max over each unit's compartments (lateral-inhibition pooling), else a itself."""
-    m = getattr(pop, "compartments", 1)
-    if m == 1:
-        return a
-    return a.reshape((a.shape[0], pop.shape[0], m) + tuple(pop.shape[1:])).max(axis=2)
+    return max_compartments(a, getattr(pop, "compartments", 1))
 
 
 def evaluate(program: Program, x: np.ndarray) -> dict:
