@@ -219,6 +219,13 @@ def dense_channels(c: Conv) -> np.ndarray:
     return full
 
 
+def _end_pad(n_in, n_out, extent, stride, before):
+    """The end padding that gives a convolution of receptive ``extent`` and ``stride`` on
+    n_in inputs with ``before`` leading pads exactly n_out outputs, or None if none can."""
+    after = max(0, (n_out - 1) * stride - before + extent - n_in)
+    return after if (n_in + before + after - extent) // stride + 1 == n_out else None
+
+
 def _composed_axis(n_in, n_mid, n_out, ki, si, pi, ko, so, po):
     """Kernel, stride and pads (before, after) along one axis of the convolution equal to
     an outer convolution (ko, so, pads po) of an inner one (ki, si, pads pi), or None.
@@ -232,10 +239,8 @@ def _composed_axis(n_in, n_mid, n_out, ki, si, pi, ko, so, po):
     if hi_mid >= n_mid and n_mid * si - pi[0] < n_in:
         return None
     k, s, before = (ko - 1) * si + ki, so * si, po[0] * si + pi[0]
-    after = max(0, (n_out - 1) * s - before + k - n_in)
-    if (n_in + before + after - k) // s + 1 != n_out:
-        return None
-    return k, s, (before, after)
+    after = _end_pad(n_in, n_out, k, s, before)
+    return None if after is None else (k, s, (before, after))
 
 
 def _conv_of_convs(outer: "Conv", inner: "Conv") -> "Conv | None":
@@ -284,8 +289,8 @@ def _on_lattice(c: "Conv") -> "Conv":
         k = (int(taps[-1]) - first) // d + 1
         n_in, n_out = c.in_shape[1 + a], c.out_shape[1 + a]
         before = pads[a] - first
-        after = max(0, (n_out - 1) * c.strides[a] - before + (k - 1) * d + 1 - n_in)
-        if (n_in + before + after - (k - 1) * d - 1) // c.strides[a] + 1 != n_out:
+        after = _end_pad(n_in, n_out, (k - 1) * d + 1, c.strides[a], before)
+        if after is None:
             return c
         kernel.append(slice(first, int(taps[-1]) + 1, d))
         dil.append(d)
