@@ -12,19 +12,57 @@ import numpy as np
 from .errors import AmoscError
 
 
-def _errors(fn):
-    """Print AmoscErrors as one line and exit 2; a KeyboardInterrupt exits 130."""
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
+#: exit codes: 0 success, 1 a check failed (validate), 2 a user error (bad input, option,
+#: file or resource; one ``error:`` line), 70 an internal error (a bug in amosc), 130 interrupted
+EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 2, 70, 130
+_debug = False
+
+
+def _debugging() -> bool:
+    return _debug or os.environ.get("AMOSC_DEBUG", "") not in ("", "0")
+
+
+def _fail(msg: str, code: int = EXIT_USAGE):
+    click.echo(msg, err=True)
+    sys.exit(code)
+
+
+class _Cli(click.Group):
+    """The command group; one exit contract for every command (docs/architecture.md#exit-codes):
+    a failure the user can cause prints one ``error: ...`` line and exits 2; anything else is a
+    bug, one ``internal error`` line and exit 70, with the traceback under --debug."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        global _debug
+        _debug = False
         try:
-            return fn(*a, **kw)
+            rv = super().main(args, prog_name or "amosc", complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            _fail(f"error: {exc.format_message()}{where}")
+        except click.ClickException as exc:
+            _fail(f"error: {exc.format_message()}")
         except AmoscError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-    return wrapper
+            _fail(f"error: {exc}")
+        except (click.Abort, KeyboardInterrupt):
+            _fail("interrupted", EXIT_INTERRUPTED)
+        except MemoryError:
+            _fail("error: out of memory; lower --max-memory so amosc refuses early, or use a smaller "
+                  "model, fewer inputs or fewer --bits")
+        except OSError as exc:
+            name = exc.filename if exc.filename is not None else ""
+            _fail(f"error: {name}{': ' if name else ''}{exc.strerror or exc}")
+        except Exception as exc:  # a bug in amosc
+            if _debugging():
+                import traceback
+                traceback.print_exc()
+            first = (str(exc).splitlines() or [""])[0]
+            _fail(f"internal error: {type(exc).__name__}: {first} -- a bug in amosc; rerun with --debug "
+                  "(or AMOSC_DEBUG=1) for the traceback and report it", EXIT_INTERNAL)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 def _backend_option(default="reference"):
@@ -38,14 +76,30 @@ _limit_option = click.option("--limit", type=click.IntRange(1), default=None,
 
 
 def _save_npy(path, arr):
-    from .ir.serialize import atomic_write
+    from .fileio import atomic_write
     atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
 
 
-@click.group()
+def _size(text: str) -> int:
+    """A byte count: 123, 512M, 4G, 1.5GiB."""
+    import re
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?[bB])?\s*", text)
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a size such as 4G or 512M")
+    unit = 1024 ** ("kmgt".index(m.group(2).lower()) + 1) if m.group(2) else 1
+    return int(float(m.group(1)) * unit)
+
+
+@click.group(cls=_Cli)
 @click.version_option(package_name="amosc")
-def main():
-    """Compile ONNX image classifiers to AMOS spiking networks and run them."""
+@click.option("--debug", is_flag=True, help="Print the traceback of an internal error (also AMOSC_DEBUG=1).")
+def main(debug):
+    """Compile ONNX image classifiers to AMOS spiking networks and run them.
+
+    Exit status: 0 success, 1 a validation check failed, 2 bad input (one 'error:' line),
+    70 an internal error (a bug in amosc), 130 interrupted."""
+    global _debug
+    _debug = debug
 
 
 @main.command()
@@ -70,23 +124,40 @@ def main():
               help="MaxPool circuit: tree = exact max(p, q) = q + relu(p - q) units (any input, log2(window) layers deep); lipool = lateral-inhibition pooling, one unit per output joining one compartment per window tap by max (ReLU-family inputs only; needs max-join compartments, so not the lava-loihi backend).")
 @click.option("--fit-tolerance", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Fitted units (SiLU, GELU, sigmoid, ...): largest chord error in output steps of the K-bit grid. Smaller: more segments (neurons), fewer bits each (shallower), closer to an ideal K-bit unit.")
-@_errors
+@click.option("--max-neurons", default=None, type=click.IntRange(1), show_default="16777216",
+              help="Refuse (before building it) a program with more neurons than this.")
+@click.option("--max-memory", default=None, type=_size, show_default="3/4 of this machine's memory",
+              help="Refuse a compile estimated to need more memory than this (e.g. 8G).")
+@click.option("--strict", is_flag=True, help="Make calibration warnings (integer, constant or out-of-distribution "
+              "data, gates that never fire) errors.")
 def compile(model, calib, output, bits, calibration, percentile, rounding, granularity, weight_bits,  # noqa: A001
-            maxpool, fit_tolerance):
+            maxpool, fit_tolerance, max_neurons, max_memory, strict):
     """Compile an ONNX MODEL into an AMOS program (.amos)."""
-    from .compiler.calibrate import load_array
-    from .compiler.importer import graph_input, load_model, normalize
+    import warnings
+    from .compiler.calibrate import _read_npy
     from .compiler.pipeline import compile_model
     from .compiler.quantize import Options
+    from .compiler.resources import Limits
+    from .errors import CalibrationWarning
+    from .fileio import check_output
     from .ir.text import describe
 
     opts = Options(bits=bits, calibration=calibration, percentile=percentile, rounding=rounding,
                    granularity=granularity, weight_bits=int(weight_bits), maxpool=maxpool, fit_tolerance=fit_tolerance)
-    m, _ = load_model(model)
-    _, shape, _ = graph_input(normalize(m, model), model)
-    x = load_array(calib, shape, "calibration data")
-    program = compile_model(model, x, opts)
+    limits = Limits(**{k: v for k, v in (("max_neurons", max_neurons), ("max_memory", max_memory)) if v})
     output = output or os.path.splitext(model)[0] + ".amos"
+    check_output(output, [model, calib])
+    x = _read_npy(calib, "calibration data")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CalibrationWarning)
+        try:
+            program = compile_model(model, x, opts, limits=limits, strict=strict, calib_name=calib)
+        finally:
+            for w in caught:
+                if issubclass(w.category, CalibrationWarning):
+                    click.echo(f"warning: {w.message}", err=True)
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     program.save(output)
     t = describe(program)["totals"]
     click.echo(f"wrote {output}: {len(program.populations)} populations, {t['neurons']} neurons, "
@@ -96,7 +167,6 @@ def compile(model, calib, output, bits, calibration, percentile, rounding, granu
 @main.command()
 @click.argument("program", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@_errors
 def inspect(program, fmt):
     """Print a compiled PROGRAM: populations, projections, codes, timing, totals."""
     from .ir.serialize import load
@@ -115,12 +185,15 @@ def inspect(program, fmt):
               help="Pipeline: a new input every INTERVAL steps in one lane (0: every input its own lane).")
 @click.option("--probabilities", is_flag=True, help="Apply the model's dropped final Softmax to the output.")
 @_limit_option
-@_errors
 def run(program, inp, output, backend, interval, probabilities, limit):
     """Run PROGRAM on inputs and write the decoded logits."""
+    from .api import check_interval
     from .compiler.calibrate import load_array
+    from .fileio import check_output
     from .ir.serialize import load
+    check_output(output, [program, inp])
     prog = load(program)
+    check_interval(prog, interval)
     x = load_array(inp, prog.input_pop.shape, "input")[:limit]
     res = prog.run(x, backend=backend, interval=interval)
     y = res.logits
@@ -146,26 +219,26 @@ def run(program, inp, output, backend, interval, probabilities, limit):
               help="Fail (exit 1) when top-1 agreement with onnxruntime is below this.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
 @_limit_option
-@_errors
 def validate(program, onnx_path, inp, labels, backend, interval, min_agreement, json_out, limit):
     """Check PROGRAM: against onnxruntime (--onnx) and, for a backend other than the
     reference, against the reference simulator spike for spike. Exits 1 on failure."""
     import dataclasses
     import json
     from .api import run_program
-    from .compiler.calibrate import load_array
-    from .ir.serialize import atomic_write, load
+    from .api import check_interval
+    from .compiler.calibrate import load_array, load_labels
+    from .fileio import atomic_write, check_output
+    from .ir.serialize import load
     from .validate import compare_spikes, validate as run_validation
     if not onnx_path and backend == "reference":
         raise AmoscError("nothing to validate: give --onnx MODEL, or a --backend other than 'reference' "
                          "to compare it with the reference spike for spike")
+    if json_out:
+        check_output(json_out, [program, onnx_path, inp, labels], "--json")
     prog = load(program)
+    check_interval(prog, interval)
     x = load_array(inp, prog.input_pop.shape, "input")[:limit]
-    y = None
-    if labels:
-        if not os.path.isfile(labels):
-            raise AmoscError(f"{labels}: no such file")
-        y = np.load(labels, allow_pickle=False)[:limit]
+    y = load_labels(labels, x.shape[0])[:x.shape[0]] if labels else None
     report, ok = {}, True
     result = None
     if backend != "reference":
@@ -193,7 +266,6 @@ def validate(program, onnx_path, inp, labels, backend, interval, min_agreement, 
 @click.option("--target", type=click.Choice(["lava"]), default="lava", show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Directory to create (must not exist or be empty).")
-@_errors
 def export(program, target, output):
     """Export PROGRAM as a runnable program for TARGET (Lava: standard processes)."""
     from .backends.lava.export import export_lava
@@ -203,7 +275,6 @@ def export(program, target, output):
 
 
 @main.command()
-@_errors
 def backends():
     """List the available backends (built-in and registered through entry points)."""
     from .backends.base import backend_names, get_backend

@@ -1,7 +1,8 @@
 """Errors raised by amosc. Every user-facing failure is an :class:`AmoscError`.
 
 The CLI prints ``error: <message>`` for any of them and exits with status 2;
-anything else is a bug and keeps its traceback.
+anything else is a bug in amosc: one ``internal error`` line and status 70, the
+traceback only under ``--debug`` or ``AMOSC_DEBUG=1`` (docs/architecture.md#exit-codes).
 """
 
 
@@ -31,3 +32,11 @@ class ArtifactError(AmoscError):
 
 class BackendError(AmoscError):
     """A backend is unknown, unavailable or failed while running a program."""
+
+
+class ResourceError(AmoscError):
+    """A program or a command would exceed a resource limit (neurons, memory, steps)."""
+
+
+class CalibrationWarning(UserWarning):
+    """The calibration data looks wrong for the model (the program may be useless)."""

@@ -130,14 +130,17 @@ def validate(program, onnx_path, x, labels=None, backend: str = "reference",
         if labels.shape != (n,) or labels.dtype.kind not in "iu":
             from .errors import CalibrationError
             raise CalibrationError(f"labels must be integers shaped ({n},), got {labels.dtype} {labels.shape}")
-    model, data = load_model(onnx_path)
+    model, digest = load_model(onnx_path)
     path = str(onnx_path)
     warnings = []
-    import hashlib
-    if program.provenance.get("sha256") not in (None, hashlib.sha256(data).hexdigest()):
+    if program.provenance.get("sha256") not in (None, digest):
         warnings.append(f"{path} is not the model this program was compiled from (sha256 differs)")
     model = normalize(model, path)
-    name, _, fixed = graph_input(model, path)
+    name, shape, fixed = graph_input(model, path)
+    if tuple(shape) != tuple(program.input_pop.shape):
+        from .errors import ModelError
+        raise ModelError(f"{path}: input {name!r} has per-sample shape {tuple(shape)}, but the program "
+                         f"takes {tuple(program.input_pop.shape)}; is this the model it was compiled from?")
     gates = [p for p in program.populations if isinstance(p, GatePop) and p.tensor]
     tensors = list(dict.fromkeys([program.output_pop.tensor] + [g.tensor for g in gates]))
     runner = OnnxRunner(model, name, fixed, tensors)

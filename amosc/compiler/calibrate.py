@@ -33,15 +33,34 @@ def check_input_array(x, shape, what: str, path: str = "") -> np.ndarray:
     return x.astype(np.float32)
 
 
-def load_array(path, shape, what) -> np.ndarray:
+def _read_npy(path, what: str, error=CalibrationError) -> np.ndarray:
+    """One array from a .npy file: no pickles, no .npz archives."""
     import os
     if not os.path.isfile(path):
-        raise CalibrationError(f"{path}: no such file")
+        raise error(f"{path}: no such file")
     try:
         x = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise CalibrationError(f"{path}: not a readable .npy array ({exc})") from None
+        raise error(f"{path}: not a readable .npy array ({str(exc).splitlines()[0]})") from None
+    if not isinstance(x, np.ndarray):  # an .npz archive opens as a mapping of arrays
+        x.close()
+        raise error(f"{path}: {what} must be one .npy array, got an .npz archive")
+    return x
+
+
+def load_array(path, shape, what) -> np.ndarray:
+    x = _read_npy(path, what)
     return check_input_array(x, shape, what, path)
+
+
+def load_labels(path, n: int | None = None) -> np.ndarray:
+    """Integer class labels (N,) from a .npy file; ``n``: the number of inputs they label."""
+    y = _read_npy(path, "labels")
+    if y.dtype.kind not in "iu" or y.ndim != 1:
+        raise CalibrationError(f"{path}: labels must be integers shaped (N,), got {y.dtype} {y.shape}")
+    if n is not None and y.shape[0] < n:
+        raise CalibrationError(f"{path}: {y.shape[0]} labels for {n} inputs")
+    return y
 
 
 class OnnxRunner:
@@ -172,3 +191,87 @@ def scale_from(values: np.ndarray, method: str, percentile: float, per_channel: 
     if not per_channel:
         return np.full(values.shape[1], layer)
     return np.minimum(rng(v), layer).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------
+# Calibration sanity: data that would give a useless program is reported as a
+# CalibrationWarning (an error with --strict) naming what looks wrong.
+# ---------------------------------------------------------------------------
+
+#: The calibration's per-channel spread at the first BatchNormalization, as a multiple of
+#: the trained one (sqrt(running_var)), beyond which the data is reported as out of the
+#: model's input distribution (real data sits near 1; pixels in 0..255 for a model trained
+#: on 0..1 give ~255).
+NORM_RATIO_LIMIT = 10.0
+
+
+def warn(msg: str) -> None:
+    import warnings
+    from ..errors import CalibrationWarning
+    warnings.warn(msg, CalibrationWarning, stacklevel=2)
+
+
+def check_raw_calibration(x, path: str = "") -> None:
+    """Warn about calibration data that is integer or constant (before it is converted)."""
+    where = f"{path}: " if path else ""
+    if isinstance(x, np.ndarray) and x.dtype.kind in "iu" and x.size:
+        warn(f"{where}calibration data is integer ({x.dtype}, values {x.min()}..{x.max()}); the model "
+             "takes float inputs: scale it exactly as the inputs the program will run on (e.g. x / 255)")
+    if isinstance(x, np.ndarray) and x.ndim >= 2 and x.size and x.dtype.kind in "fiu" \
+            and np.all(np.isfinite(x)) and np.ptp(x.reshape(x.shape[0], -1), axis=0).max() == 0:
+        warn(f"{where}calibration inputs are all identical (every value "
+             f"{'0' if not np.any(x) else 'equal across samples'}); calibrate on representative inputs")
+
+
+class NormStats:
+    """Per-channel mean and variance of the first BatchNormalization's input on the
+    calibration data, to compare with the running statistics it was trained with."""
+
+    def __init__(self, first_norm):
+        self.norm = first_norm
+        self.n, self.s1, self.s2 = 0, 0.0, 0.0
+
+    def add(self, vals: dict) -> None:
+        if self.norm is None:
+            return
+        from .importer import expr_value
+        expr = self.norm[1]
+        if any(src not in vals for src in expr.maps):
+            self.norm = None
+            return
+        v = channel_rows(expr_value(expr, vals))  # (C, samples)
+        self.n += v.shape[1]
+        self.s1 = self.s1 + v.sum(1)
+        self.s2 = self.s2 + (v * v).sum(1)
+
+    def ratios(self):
+        """(node, median spread ratio, median mean shift in trained stds), or None."""
+        if self.norm is None or not self.n:
+            return None
+        node, _, mean, var = self.norm
+        mu = self.s1 / self.n
+        sd = np.sqrt(np.maximum(self.s2 / self.n - mu * mu, 0))
+        ok = np.broadcast_to(var, mu.shape) > 1e-8
+        if not ok.any():
+            return None
+        ref = np.sqrt(np.broadcast_to(var, mu.shape)[ok])
+        ratio = float(np.median(sd[ok] / ref))
+        shift = float(np.median(np.abs(mu[ok] - np.broadcast_to(mean, mu.shape)[ok]) / ref))
+        return node, ratio, shift
+
+
+def check_calibration(fg, calib, peak: dict, stats: NormStats) -> None:
+    """Warn about gates that never fire and data far from the trained input statistics."""
+    dead = [g.name for g in fg.gates if g.fn is None and peak[g.name] <= 0]
+    if dead:
+        shown = ", ".join(dead[:8]) + (f" and {len(dead) - 8} more" if len(dead) > 8 else "")
+        warn(f"{len(dead)} of {len(fg.gates)} gates never fire on the calibration data: {shown}; "
+             "their outputs compile to constant zero")
+    r = stats.ratios()
+    if r is None:
+        return
+    node, ratio, shift = r
+    if not 1 / NORM_RATIO_LIMIT <= ratio <= NORM_RATIO_LIMIT or shift > NORM_RATIO_LIMIT:
+        warn(f"calibration data looks out of the model's input distribution: at BatchNormalization "
+             f"{node!r} its per-channel spread is {ratio:.3g}x the trained one (median; mean off by "
+             f"{shift:.3g} trained stds); are the inputs scaled as in training?")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,6 +139,9 @@ class FloatGraph:
     readout_tensor: str = ""
     output_name: str = ""
     softmax: str | None = None   # "Softmax"/"LogSoftmax" dropped at the output
+    #: (node, input expression, running mean, running var) of the first BatchNormalization:
+    #: the trained input statistics that calibration data is checked against
+    first_norm: tuple | None = None
 
 
 def _str(v) -> str:
@@ -298,6 +302,9 @@ class _Importer:
         if a.get("training_mode", 0):
             self.fail(node, "training_mode=1 is not an inference graph")
         scale, bias, mean, var = (self.const(node, i) for i in range(1, 5))
+        if self.g.first_norm is None:  # the training statistics nearest the input (calibration check)
+            self.g.first_norm = (node.name or node.output[0], e, np.asarray(mean, np.float64),
+                                 np.asarray(var, np.float64))
         g = scale / np.sqrt(var + a.get("epsilon", 1e-5))
         m = L.Scale(e.shape, e.shape, g.astype(np.float64))
         shift = (bias - mean * g).astype(np.float64).reshape((-1,) + (1,) * (len(e.shape) - 1))
@@ -651,25 +658,98 @@ class _Importer:
         return self._pool(node, e, e.shape[1:], (1, 1), (0, 0, 0, 0), (0, 0, 0, 0))
 
 
-def load_model(path) -> tuple[onnx.ModelProto, bytes]:
+def load_model(path) -> tuple[onnx.ModelProto, str]:
+    """Read an ONNX file (with its external tensor data) and return (model, sha256), the
+    digest covering the file and every external data byte it pulls in."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ModelError(f"{path}: no such file")
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
         model = onnx.load_from_string(data)
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
     if not model.graph.node:
         raise ModelError(f"{path}: not an ONNX model (the graph has no nodes)")
-    return model, data
+    digest = hashlib.sha256(data)
+    _load_external_data(model, path, digest)
+    _check_tensor_sizes(model, path)
+    return model, digest.hexdigest()
+
+
+def _load_external_data(model: onnx.ModelProto, path: str, digest) -> None:
+    """Read external tensor data relative to the model file's directory. A location
+    outside that directory (absolute, ``..``, or a symlink leading out) is refused."""
+    from onnx import external_data_helper as ext
+    base = os.path.dirname(os.path.abspath(path))
+    root = os.path.realpath(base)
+    for t in ext._get_all_tensors(model):
+        if not ext.uses_external_data(t):
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        where = f"{path}: tensor {t.name!r}: external data location {loc!r}"
+        if not loc or os.path.isabs(loc) or ".." in re.split(r"[\\/]", loc):
+            raise ModelError(f"{where} must be a relative path inside the model's directory {base}")
+        real = os.path.realpath(os.path.join(base, loc))
+        if os.path.commonpath([root, real]) != root:
+            raise ModelError(f"{where} leads outside the model's directory {base} (through a symlink)")
+        if not os.path.isfile(real):
+            raise ModelError(f"{where}: no such file in {base}")
+        try:
+            ext.load_external_data_for_tensor(t, base)
+        except Exception as exc:
+            raise ModelError(f"{where}: cannot be read ({type(exc).__name__}: {exc})") from None
+        digest.update(t.name.encode() + b"\0" + t.raw_data)
+
+
+def _check_tensor_sizes(model: onnx.ModelProto, path: str) -> None:
+    """Every initializer's declared dims must match the data it carries (before numpy
+    is asked to reshape or allocate anything)."""
+    from onnx import external_data_helper as ext
+    for t in ext._get_all_tensors(model):
+        if any(d < 0 for d in t.dims):
+            raise ModelError(f"{path}: tensor {t.name!r} has negative dims {list(t.dims)}")
+        n = int(np.prod([int(d) for d in t.dims], dtype=object)) if t.dims else 1
+        if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+            continue
+        if t.HasField("raw_data"):
+            have = len(t.raw_data)
+            try:
+                item = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+            except Exception:
+                continue
+            need = n * item
+        else:
+            fields = [f for f, _ in t.ListFields() if f.name.endswith("_data") and f.label == f.LABEL_REPEATED]
+            have = sum(len(getattr(t, f.name)) for f in fields)
+            need = n
+            if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
+                need = 2 * n
+            if not fields or t.data_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+                                             onnx.TensorProto.BOOL, onnx.TensorProto.INT8,
+                                             onnx.TensorProto.UINT8, onnx.TensorProto.INT16,
+                                             onnx.TensorProto.UINT16, onnx.TensorProto.INT4,
+                                             onnx.TensorProto.UINT4):
+                continue  # packed into int32_data; numpy_helper checks these itself
+        if have != need:
+            raise ModelError(f"{path}: tensor {t.name!r} declares dims {list(t.dims)} ({n} elements) "
+                             f"but carries {have if t.HasField('raw_data') else have} "
+                             f"{'bytes' if t.HasField('raw_data') else 'values'} ({need} expected)")
 
 
 def normalize(model: onnx.ModelProto, path: str) -> onnx.ModelProto:
     opset = _opset(model)
     if opset < 9:
         raise ModelError(f"{path}: opset {opset} is too old; amosc reads opset 9 and newer")
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise ModelError(f"{path}: opset {opset} is newer than the installed onnx {onnx.__version__} "
+                         f"knows (opset {newest}); upgrade onnx or export with opset {newest} or older")
     if opset < TARGET_OPSET:
         try:
             model = onnx.version_converter.convert_version(model, TARGET_OPSET)
@@ -716,7 +796,46 @@ def graph_input(model, path):
     return inp.name, tuple(shape[1:]), shape[0] == 1
 
 
+def check_ops(model: onnx.ModelProto, path: str) -> None:
+    """Refuse a model with an op outside :data:`SUPPORTED_OPS` (or a custom domain) before
+    anything is converted, inferred or folded."""
+    for node in model.graph.node:
+        where = f"{path}: node {node.name or '<unnamed>'!r} ({node.op_type})"
+        if node.domain not in ("", "ai.onnx"):
+            raise ModelError(f"{where}: custom domain {node.domain!r} is not supported")
+        if node.op_type not in SUPPORTED_OPS:
+            raise ModelError(f"{where}: unsupported op type {node.op_type!r}; supported ops: "
+                             f"{', '.join(sorted(SUPPORTED_OPS))}")
+
+
+#: Largest constant (in elements) that folding may create: 2^28 (1 GiB of float32), above
+#: the largest weight tensor of the real-size test models (VGG-19's 25088 x 4096 = 1e8).
+MAX_FOLDED_ELEMENTS = 2**28
+
+
+def _folded_size(node, values) -> int | None:
+    """Elements of a constant-folded node's output, known before folding it, for the ops
+    whose output can be much larger than their inputs (None when it cannot grow much)."""
+    if node.op_type == "ConstantOfShape" and values and values[0] is not None:
+        dims = np.asarray(values[0]).ravel()
+        if np.any(dims < 0):
+            return None
+        return int(np.prod([int(d) for d in dims], dtype=object))
+    arrays = [np.asarray(v) for v in values if v is not None]
+    if node.op_type in ("Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min", "Sum") and arrays:
+        try:
+            shape = np.broadcast_shapes(*(a.shape for a in arrays))
+        except ValueError:
+            return None
+        return int(np.prod(shape, dtype=object))
+    return None
+
+
 def _fold(node, values, path):
+    n = _folded_size(node, values)
+    if n is not None and n > MAX_FOLDED_ELEMENTS:
+        raise ModelError(f"{path}: node {node.name!r} ({node.op_type}): folding it would create a "
+                         f"constant of {n} elements, more than the {MAX_FOLDED_ELEMENTS} amosc allows")
     from onnx.reference import ReferenceEvaluator
     try:
         ev = ReferenceEvaluator(node)
@@ -758,11 +877,12 @@ MAXPOOL_MODES = ("tree", "lipool")
 
 
 def import_model(path, maxpool: str = "tree") -> FloatGraph:
-    model, data = load_model(path)
+    model, digest = load_model(path)
     path = os.fspath(path)
+    check_ops(model, path)
     model = normalize(model, path)
     name, shape, fixed = graph_input(model, path)
-    g = FloatGraph(path, hashlib.sha256(data).hexdigest(), _opset(model), name, shape, fixed)
+    g = FloatGraph(path, digest, _opset(model), name, shape, fixed)
     if maxpool not in MAXPOOL_MODES:
         raise ModelError(f"maxpool must be one of {MAXPOOL_MODES}, got {maxpool!r}")
     imp = _Importer(model, path, g, maxpool)
@@ -849,17 +969,18 @@ def float_eval(fg: FloatGraph, x: np.ndarray, pre_values: dict | None = None) ->
     check it against onnxruntime to isolate importer bugs from quantization error.
     """
     vals = {"input": np.asarray(x, np.float64)}
-
-    def expr_value(e: Expr):
-        y = np.broadcast_to(e.bias, (x.shape[0], *e.shape)).copy()
-        for src, m in e.maps.items():
-            y += m.apply(vals[src])
-        return y
-
     for g in fg.gates:
-        pre = expr_value(g.expr)
+        pre = expr_value(g.expr, vals)
         if pre_values is not None:
             pre_values[g.name] = pre
         vals[g.name] = g.value(pre)
-    vals["output"] = expr_value(fg.readout)
+    vals["output"] = expr_value(fg.readout, vals)
     return vals
+
+
+def expr_value(e: Expr, vals: dict) -> np.ndarray:
+    """The value (N, *e.shape) of an expression over source values ``vals`` (N, ...)."""
+    y = np.broadcast_to(e.bias, (vals["input"].shape[0], *e.shape)).copy()
+    for src, m in e.maps.items():
+        y += m.apply(vals[src])
+    return y

@@ -5,15 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 from .. import __version__
-from ..errors import IRError, RangeError
+from ..errors import CalibrationError, CalibrationWarning, IRError, RangeError
 from ..ir.nodes import Program
 from ..ir.semantics import max_compartments
 from ..ir.verify import verify
-from .calibrate import channel_rows, check_input_array, mse_fn_range, scale_from
+from . import resources
+from .calibrate import (NormStats, channel_rows, check_calibration, check_input_array, check_raw_calibration,
+                        mse_fn_range, scale_from)
 from .expand import expand_fitted
 from .importer import import_model
 from .passes import DEFAULT_PASSES
 from .quantize import Options, lower
+from .resources import Limits
 
 MAX_CALIB_VALUES = 4_000_000  # per tensor; larger tensors are subsampled deterministically
 
@@ -43,13 +46,29 @@ def calibrate(fg, calib: np.ndarray, opts: Options):
     product's square pair, see :func:`balance_pair`)."""
     from ..progress import progress
     from .importer import float_eval
-    samples: dict[str, list] = {g.name: [] for g in fg.gates}
     n = calib.shape[0]
+    paired = {g.name for g in fg.gates if g.partner} | {g.partner for g in fg.gates if g.partner}
+    # the samples kept per gate: whole samples, evenly spaced, at most MAX_CALIB_VALUES values
+    # (a product's square pair keeps all: its balance is set from every sample first)
+    stride = {}
+    for g in fg.gates:
+        per_sample = int(np.prod(g.shape))
+        big = g.name not in paired and n * per_sample > MAX_CALIB_VALUES
+        stride[g.name] = -(-n * per_sample // MAX_CALIB_VALUES) if big else 1
+    samples: dict[str, list] = {g.name: [] for g in fg.gates}
+    peak = {g.name: -np.inf for g in fg.gates}
+    stats = NormStats(fg.first_norm)
     for i in progress(range(0, n, CALIB_BATCH), desc="calibrating", total=-(-n // CALIB_BATCH)):
         pre: dict = {}
-        float_eval(fg, calib[i:i + CALIB_BATCH].astype(np.float64), pre_values=pre)
+        vals = float_eval(fg, calib[i:i + CALIB_BATCH].astype(np.float64), pre_values=pre)
+        stats.add(vals)
         for g in fg.gates:
-            samples[g.name].append(pre[g.name].astype(np.float32))
+            v = pre[g.name]
+            if stride[g.name] > 1:
+                v = max_compartments(v, g.compartments)[(-i) % stride[g.name]::stride[g.name]]
+            samples[g.name].append(v.astype(np.float32))
+            peak[g.name] = max(peak[g.name], float(pre[g.name].max()))
+    check_calibration(fg, calib, peak, stats)
     alphas, ranges, balance = {}, {}, {}
     for g in fg.gates:
         if g.partner is not None:
@@ -60,10 +79,10 @@ def calibrate(fg, calib: np.ndarray, opts: Options):
         if g.compartments > 1 and g.alpha_from is not None:  # a pool of codes: its source's step
             continue
         v = np.concatenate(samples.pop(g.name))
-        v = max_compartments(v, g.compartments)  # a pooled pre-activation: the range of the max
-        per_sample = int(np.prod(v.shape[1:]))
-        if v.size > MAX_CALIB_VALUES:  # keep whole samples, evenly spaced
-            v = v[:: -(-v.shape[0] * per_sample // MAX_CALIB_VALUES)]
+        if stride[g.name] == 1:  # (strided samples were joined when kept)
+            v = max_compartments(v, g.compartments)  # a pooled pre-activation: the range of the max
+            if v.size > MAX_CALIB_VALUES:  # a balanced square: keep whole samples, evenly spaced
+                v = v[:: -(-v.size // MAX_CALIB_VALUES)]
         if g.fn is not None:
             ranges[g.name] = fitted_range(v, opts, g.fn)
         else:
@@ -110,17 +129,40 @@ def fitted_range(v: np.ndarray, opts: Options, fn) -> tuple:
     return np.broadcast_to(lo, (c,)).copy(), np.broadcast_to(hi, (c,)).copy()
 
 
-def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, **kw) -> Program:
+def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, *,
+                  limits: Limits | None = None, strict: bool = False, calib_name: str = "",
+                  **kw) -> Program:
     """Compile an ONNX classifier to a verified AMOS program.
 
-    ``calib``: float array (N, *input_shape) of representative inputs. Keyword
+    ``calib``: float array (N, *input_shape) of representative inputs (``calib_name``:
+    the file it came from, for messages). Keyword
     arguments are :class:`Options` fields (bits, calibration, percentile, rounding).
+    ``limits``: neuron and memory limits checked before the program is built
+    (:class:`~.resources.Limits`). Suspicious calibration data (integer, constant, out of
+    the model's trained input distribution, gates that never fire) is reported as a
+    :class:`~amosc.errors.CalibrationWarning`; ``strict=True`` makes it a CalibrationError.
     """
+    import warnings
     opts = opts or Options(**kw)
+    with warnings.catch_warnings():
+        if strict:
+            warnings.simplefilter("error", CalibrationWarning)
+        try:
+            return _compile(model_path, calib, opts, limits or Limits(), calib_name)
+        except CalibrationWarning as w:
+            raise CalibrationError(f"{w} (an error with --strict)") from None
+
+
+def _compile(model_path, calib, opts: Options, limits: Limits, calib_name: str) -> Program:
     fg = import_model(model_path, maxpool=opts.maxpool)
-    calib = check_input_array(calib, fg.input_shape, "calibration data")
+    raw, calib = calib, check_input_array(calib, fg.input_shape, "calibration data", calib_name)
+    check_raw_calibration(raw, calib_name)
+    est = resources.estimate(fg, opts.bits, opts.weight_bits, calib.shape[0], CALIB_BATCH)
+    resources.check(est, limits, "fitted units counted as one K-bit unit per element")
     alphas, ranges, balance, in_range = calibrate(fg, calib, opts)
     fg = expand_fitted(fg, ranges, opts.bits, balance, opts.fit_tolerance)
+    est = resources.estimate(fg, opts.bits, opts.weight_bits, calib.shape[0], CALIB_BATCH)
+    resources.check(est, limits, "fitted units expanded into their segments")
     program = lower(fg, alphas, in_range, opts)
     program.options = {"bits": opts.bits, "calibration": opts.calibration,
                        "percentile": opts.percentile, "rounding": opts.rounding,

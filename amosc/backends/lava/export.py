@@ -13,6 +13,7 @@ import shutil
 import tempfile
 
 from ...errors import AmoscError
+from ...fileio import umask
 from . import _compat, loihi, network
 
 README = """# Exported AMOS program ({source})
@@ -35,6 +36,8 @@ def export_lava(program, out_dir) -> list[str]:
     parent = os.path.dirname(os.path.abspath(out_dir))
     if not os.path.isdir(parent):
         raise AmoscError(f"{out_dir}: parent directory {parent} does not exist")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise AmoscError(f"{out_dir}: exists and is not a directory")
     if os.path.exists(out_dir) and os.listdir(out_dir):
         raise AmoscError(f"{out_dir}: exists and is not empty")
     tmp = tempfile.mkdtemp(prefix=".amosc-export-", dir=parent)
@@ -47,7 +50,7 @@ def export_lava(program, out_dir) -> list[str]:
                                   processes=len(plan["processes"]), latency=program.latency,
                                   shape=", ".join(map(str, program.input_pop.shape)),
                                   classes=program.output_pop.shape[0]))
-        os.chmod(tmp, 0o755)
+        os.chmod(tmp, 0o777 & ~umask())
         if os.path.exists(out_dir):
             os.rmdir(out_dir)
         os.replace(tmp, out_dir)
