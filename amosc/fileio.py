@@ -21,6 +21,7 @@ CLI calls it before doing any work.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import tempfile
@@ -70,9 +71,11 @@ def atomic_write(path, write_fn) -> None:
         raise _os_error(path, exc) from None
     if st is not None and not stat.S_ISREG(st.st_mode):
         if stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+            buf = io.BytesIO()  # writers may seek; a pipe or device cannot
+            write_fn(buf)
             try:
                 with open(real, "wb") as f:
-                    write_fn(f)
+                    f.write(buf.getvalue())
             except OSError as exc:
                 raise _os_error(path, exc) from None
             return

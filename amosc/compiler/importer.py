@@ -707,6 +707,9 @@ def _load_external_data(model: onnx.ModelProto, path: str, digest) -> None:
         digest.update(t.name.encode() + b"\0" + t.raw_data)
 
 
+_PACKED_4BIT = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
+
+
 def _check_tensor_sizes(model: onnx.ModelProto, path: str) -> None:
     """Every initializer's declared dims must match the data it carries (before numpy
     is asked to reshape or allocate anything)."""
@@ -717,29 +720,21 @@ def _check_tensor_sizes(model: onnx.ModelProto, path: str) -> None:
         n = int(np.prod([int(d) for d in t.dims], dtype=object)) if t.dims else 1
         if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
             continue
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+            field = onnx.helper.tensor_dtype_to_field(t.data_type)
+        except Exception:  # a type numpy_helper cannot read either; it fails on its own later
+            continue
         if t.HasField("raw_data"):
-            have = len(t.raw_data)
-            try:
-                item = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-            except Exception:
-                continue
-            need = n * item
+            have, need, unit = len(t.raw_data), n * itemsize, "bytes"
         else:
-            fields = [f for f, _ in t.ListFields() if f.name.endswith("_data") and f.label == f.LABEL_REPEATED]
-            have = sum(len(getattr(t, f.name)) for f in fields)
-            need = n
-            if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
-                need = 2 * n
-            if not fields or t.data_type in (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
-                                             onnx.TensorProto.BOOL, onnx.TensorProto.INT8,
-                                             onnx.TensorProto.UINT8, onnx.TensorProto.INT16,
-                                             onnx.TensorProto.UINT16, onnx.TensorProto.INT4,
-                                             onnx.TensorProto.UINT4):
-                continue  # packed into int32_data; numpy_helper checks these itself
+            have, unit = len(getattr(t, field)), "values"
+            need = 2 * n if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else n
+        if t.data_type in _PACKED_4BIT:
+            need = (n + 1) // 2  # packed two to a byte or an int32
         if have != need:
             raise ModelError(f"{path}: tensor {t.name!r} declares dims {list(t.dims)} ({n} elements) "
-                             f"but carries {have if t.HasField('raw_data') else have} "
-                             f"{'bytes' if t.HasField('raw_data') else 'values'} ({need} expected)")
+                             f"but carries {have} {unit} ({need} expected)")
 
 
 def normalize(model: onnx.ModelProto, path: str) -> onnx.ModelProto:
