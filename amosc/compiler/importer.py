@@ -42,6 +42,34 @@ ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "PRelu", "HardSigmoid", "Sigmoid", "
                "Elu", "Selu", "Erf", "Gelu", "HardSwish")
 TARGET_OPSET = 13
 
+#: The attributes each op's import rule understands (for a node that reads the network
+#: input; constant nodes are folded by ``onnx.reference``): name -> ANY (every value is
+#: handled) or the one value the rule supports (the ONNX default). Any other attribute, or
+#: another value, is refused naming node, op and attribute, never silently dropped.
+ANY = object()
+_POOL = {"auto_pad": ANY, "ceil_mode": ANY, "kernel_shape": ANY, "pads": ANY, "strides": ANY}
+ATTRIBUTES: dict[str, dict[str, object]] = {
+    "Relu": {}, "PRelu": {}, "Sigmoid": {}, "Tanh": {}, "Softplus": {}, "Erf": {}, "HardSwish": {},
+    "Clip": {"min": ANY, "max": ANY}, "LeakyRelu": {"alpha": ANY}, "HardSigmoid": {"alpha": ANY, "beta": ANY},
+    "Elu": {"alpha": ANY}, "Selu": {"alpha": ANY, "gamma": ANY}, "Gelu": {"approximate": ANY},
+    "Conv": {"auto_pad": ANY, "dilations": ANY, "group": ANY, "kernel_shape": ANY, "pads": ANY, "strides": ANY},
+    "BatchNormalization": {"epsilon": ANY, "momentum": ANY, "training_mode": ANY},
+    "Gemm": {"alpha": ANY, "beta": ANY, "transA": ANY, "transB": ANY},
+    "MatMul": {}, "Add": {}, "Sub": {}, "Mul": {}, "Div": {}, "Identity": {},
+    "Dropout": {"seed": ANY, "ratio": ANY},  # inference: identity whatever the ratio
+    "Flatten": {"axis": ANY}, "Reshape": {"allowzero": ANY}, "Transpose": {"perm": ANY},
+    "Pad": {"mode": ANY, "pads": ANY, "value": ANY}, "Concat": {"axis": ANY},
+    "AveragePool": {**_POOL, "count_include_pad": ANY, "dilations": [1, 1]},
+    "MaxPool": {**_POOL, "dilations": ANY, "storage_order": ANY},  # storage_order: Indices only
+    "GlobalAveragePool": {},
+    "Resize": {"mode": ANY, "coordinate_transformation_mode": ANY, "nearest_mode": ANY,
+               "cubic_coeff_a": ANY,  # read only by mode 'cubic', which is refused
+               "exclude_outside": 0, "extrapolation_value": ANY, "antialias": 0,
+               "keep_aspect_ratio_policy": "stretch"},
+    "Softmax": {"axis": ANY}, "LogSoftmax": {"axis": ANY},
+    "Shape": {"start": ANY, "end": ANY},
+}
+
 
 @dataclass
 class Expr:
@@ -144,6 +172,15 @@ class FloatGraph:
     first_norm: tuple | None = None
 
 
+def _plain(v):
+    """An attribute value in comparable form: lists for sequences, str for bytes."""
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
 def _str(v) -> str:
     """A string attribute as onnx.helper returns it (bytes) or as a default (str)."""
     return v.decode() if isinstance(v, bytes) else v
@@ -243,6 +280,18 @@ class _Importer:
     @staticmethod
     def attrs(node) -> dict:
         return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+    def check_attributes(self, node, a: dict) -> None:
+        """Refuse an attribute the op's rule does not declare, or a value it does not handle."""
+        known = ATTRIBUTES.get(node.op_type, {})
+        for name, value in a.items():
+            if name not in known:
+                self.fail(node, f"attribute {name!r} is not supported by amosc's {node.op_type} "
+                                f"(it understands: {', '.join(sorted(known)) or 'none'})")
+            want = known[name]
+            if want is not ANY and _plain(value) != _plain(want):
+                self.fail(node, f"attribute {name}={_plain(value)!r} is not supported (only "
+                                f"{_plain(want)!r})")
 
     def per_sample(self, node, c: np.ndarray, shape) -> np.ndarray:
         """Broadcast a constant operand to the per-sample shape (dropping a batch axis of 1)."""
@@ -913,15 +962,20 @@ def import_model(path, maxpool: str = "tree") -> FloatGraph:
             env[node.output[0]] = _fold(node, [], path)[0]
             continue
         if op == "Shape" and isinstance(ins[0], Expr):
-            env[node.output[0]] = np.array((1, *ins[0].shape), dtype=np.int64)
+            imp.check_attributes(node, a)
+            full = np.array((1, *ins[0].shape), dtype=np.int64)
+            env[node.output[0]] = full[a.get("start", 0):a.get("end", len(full))]
             continue
         if not any(isinstance(v, Expr) for v in ins):
             for o, v in zip(node.output, _fold(node, ins, path)):
                 env[o] = v
             continue
+        imp.check_attributes(node, a)
         if op in ("Softmax", "LogSoftmax"):
             if node.output[0] != g.output_name:
                 imp.fail(node, f"{op} is supported only as the final op (it is dropped: argmax is unchanged)")
+            if a.get("axis", 1) not in (1, -1):
+                imp.fail(node, f"{op} over axis {a['axis']} is not over the classes (axis 1 or -1)")
             g.softmax = op
             g.readout = imp.expr(node)
             g.readout_tensor = node.input[0]

@@ -305,5 +305,6 @@ def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Pr
     pop, ps = build("output", fg.readout, fg.readout.shape, None)
     pops.append(replace(pop, tensor=fg.readout_tensor))
     projs.extend(ps)
-    from .passes import schedule_asap
-    return schedule_asap(Program(pops, projs, "input", "output"))
+    from .passes import drop_dead_populations, fold_constant_populations, schedule_asap
+    program = fold_constant_populations(Program(pops, projs, "input", "output"))
+    return schedule_asap(drop_dead_populations(program))
