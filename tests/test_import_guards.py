@@ -97,3 +97,30 @@ def test_an_output_that_does_not_depend_on_the_input_is_refused(tmp_path):
     path = save(b.model(b.gemm(h, 3, 2), 2), tmp_path / "c.onnx")
     with pytest.raises(ModelError, match="does not depend on the input"):
         amosc.compile(path, structured_inputs((4, 1, 1), 10).reshape(10, 4), bits=4)
+
+
+def test_padded_maxpool_after_any_non_negative_producer(tmp_path):
+    """Inception-style: a padded 3x3/1 MaxPool reads a 2x2 MaxPool of a ReLU (a max of ReLUs,
+    not one gate's codes) and a concat of ReLU branches; range analysis proves both inputs
+    non-negative. A padded pool of a SiLU (down to -0.28) is still refused, naming the bound."""
+    b = GraphBuilder((1, 8, 8), 5)
+    stem = b.node("MaxPool", [b.relu(b.conv("x", 1, 3))], kernel_shape=[2, 2], strides=[2, 2])
+    p1 = b.node("MaxPool", [stem], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])
+    br = b.relu(b.conv(stem, 3, 2))
+    cat = b.node("Concat", [p1, br], axis=1)
+    p2 = b.node("MaxPool", [cat], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])
+    h = b.node("Tanh", [b.conv(p2, 5, 4)])
+    h = b.node("Flatten", [b.node("GlobalAveragePool", [h])], axis=1)
+    path = save(b.model(b.gemm(h, 4, 3, gain=4.0), 3), tmp_path / "incep.onnx")
+    x = structured_inputs((1, 8, 8), 60, seed=2)
+    prog = amosc.compile(path, x, bits=8)
+    assert prog.validate(path, x).agreement >= 0.95
+
+    b = GraphBuilder((1, 6, 6), 5)
+    c = b.conv("x", 1, 2)
+    silu = b.node("Mul", [c, b.node("Sigmoid", [c])])
+    h = b.node("MaxPool", [silu], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])
+    h = b.node("Flatten", [h], axis=1)
+    path = save(b.model(b.gemm(h, 72, 3), 3), tmp_path / "silu.onnx")
+    with pytest.raises(ModelError, match=r"can be negative \(range analysis: down to -0.278"):
+        import_model(path)

@@ -98,6 +98,20 @@ class ScalarFn:
             return (a * x + b) * (alpha + beta * self.inner(gamma * x + delta))
         return _BASE[self.name](x, self.params)
 
+    def bounds(self) -> tuple[float, float]:
+        """(inf, sup) of the function over all reals, from a wide log-spaced grid: an end the
+        function still moves at is unbounded (-inf/inf), a flat end is its asymptote."""
+        r = np.logspace(-6, 6, 2001)
+        x = np.concatenate([-r[::-1], [0.0], r])
+        y = self(x)
+        out = []
+        for pick, sign in ((np.argmin, -1), (np.argmax, 1)):
+            i = int(pick(y))
+            end = i in (0, x.size - 1)
+            moving = end and abs(float(self(np.array([2 * x[i]]))[0]) - float(y[i])) > 1e-9 * (1 + abs(y[i]))
+            out.append(sign * np.inf if moving else float(y[i]))
+        return out[0], out[1]
+
     @property
     def key(self) -> str:
         args = ", ".join(f"{p:.6g}" for p in self.params)

@@ -281,6 +281,30 @@ class _Importer:
     def attrs(node) -> dict:
         return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
+    def source_bounds(self, src: str) -> tuple[float, float]:
+        """(lo, hi) of a source's values: the input is unbounded, a gate spans its activation's range."""
+        g = self.gates.get(src)
+        if g is None:
+            return -np.inf, np.inf
+        if g.fn is not None:
+            return g.fn.bounds()
+        return 0.0, np.inf if g.upper is None else float(np.max(g.upper))
+
+    def value_bounds(self, e: Expr) -> tuple[np.ndarray, np.ndarray]:
+        """Elementwise (lo, hi) of an expression over every possible input (interval analysis
+        over the maps' positive and negative row sums; conservative at convolution borders)."""
+        def times(a, b):  # a * b with 0 * inf = 0
+            return np.where(a == 0, 0.0, a * b)
+        lo = e.bias.astype(np.float64).copy()
+        hi = lo.copy()
+        with np.errstate(invalid="ignore"):
+            for src, m in e.maps.items():
+                slo, shi = self.source_bounds(src)
+                pos, neg = (np.asarray(r, np.float64) for r in m.row_sums())
+                lo = lo + times(pos, min(slo, 0.0)) + times(neg, max(shi, 0.0))
+                hi = hi + times(pos, max(shi, 0.0)) + times(neg, min(slo, 0.0))
+        return lo, hi
+
     def check_attributes(self, node, a: dict) -> None:
         """Refuse an attribute the op's rule does not declare, or a value it does not handle."""
         known = ATTRIBUTES.get(node.op_type, {})
@@ -606,12 +630,14 @@ class _Importer:
         if a.get("ceil_mode", 0):
             pads = _ceil_pads(e.shape[1:], k, strides, pads)
         src = self.gates.get(e.gate) if e.gate else None
-        nonneg = src is not None and src.fn is None   # a ReLU-family gate's output
+        codes = src is not None and src.fn is None   # one ReLU-family gate's codes: exact max units
         if self.maxpool == "lipool":
-            return self._lateral_inhibition_pool(node, e, k, strides, pads, nonneg)
-        if any(pads) and not nonneg:
-            self.fail(node, "padded (or ceil_mode=1) MaxPool needs a non-negative input (a ReLU-family activation); "
-                            "this input can be negative")
+            return self._lateral_inhibition_pool(node, e, k, strides, pads, codes)
+        if any(pads) and not codes:
+            low = float(self.value_bounds(e)[0].min())
+            if low < 0:
+                self.fail(node, "padded (or ceil_mode=1) MaxPool needs a non-negative input (padding reads 0); "
+                                f"this input can be negative (range analysis: down to {low:.4g})")
         # tap t of every window: a one-hot depthwise convolution, so that it composes with the
         # source's and the consumer's maps into convolutions; padding reads 0, max-neutral
         # for x >= 0
@@ -625,7 +651,7 @@ class _Importer:
             for t in range(0, len(terms) - 1, 2):
                 p, q = terms[t], terms[t + 1]
                 r = self.gate(node, p.plus(q, -1.0), "max", pre_tensor="", tensor="",
-                              suffix=f"max{level}_{t // 2}", alpha_from=e.gate if nonneg else None)
+                              suffix=f"max{level}_{t // 2}", alpha_from=e.gate if codes else None)
                 nxt.append(q.plus(r))
             if len(terms) % 2:
                 nxt.append(terms[-1])
