@@ -24,7 +24,8 @@ from ..progress import progress
 from .base import Backend, RunResult
 
 DEFAULT_LANES = 128
-HISTORY = 64  # steps of arrivals/spikes kept (> 2K, the longest look-back)
+#: Bytes of simulator state the default lane count aims for (see :func:`default_lanes`).
+LANE_MEMORY = 1 << 30
 
 
 class Schedule:
@@ -96,8 +97,12 @@ class UnitsState:
         return self.joined[t]
 
     def forget(self, t: int) -> None:
+        """After step t, drop what no later step reads: unit k at step t' reads the arrivals
+        of t' - k and the spikes of t' - k + j (j < k), so nothing before t + 2 - K (a
+        readout reads only its own step's arrivals)."""
+        oldest = t + 2 - (self.pop.code.bits if isinstance(self.pop, GatePop) else 1)
         for store in (self.acc, self.joined, self.hist):
-            for key in [k for k in store if k < t - HISTORY]:
+            for key in [k for k in store if k < oldest]:
                 del store[key]
 
     def readout(self, t: int):
@@ -208,7 +213,7 @@ def simulate(program: Program, x: np.ndarray, *, record=False, interval=0, lanes
     codes = encode_input(program.input_pop, x)
     n = codes.shape[0]
     if interval == 0:
-        lanes = min(lanes or DEFAULT_LANES, n)
+        lanes = min(lanes or default_lanes(program), n)
         chunks = [(i, min(i + lanes, n)) for i in range(0, n, lanes)]
         parts = [_run_chunk(program, codes[a:b], b - a, 0, record)
                  for a, b in progress(chunks, desc="simulating", total=len(chunks))]
@@ -220,6 +225,19 @@ def simulate(program: Program, x: np.ndarray, *, record=False, interval=0, lanes
     return RunResult(out, decode(program.output_pop, out), spikes, rasters,
                      latency=program.latency, steps=sum(p["steps"] for p in parts),
                      interval=interval, extra={"spurious_spikes": sum(p["spurious"] for p in parts)})
+
+
+def default_lanes(program: Program) -> int:
+    """Lanes (inputs simulated side by side) whose state fits in about LANE_MEMORY bytes:
+    per lane, a population holds up to K + 1 steps of int64 arrivals and K steps of K
+    spike planes; at most DEFAULT_LANES."""
+    per_lane = 1
+    for pop in program.populations:
+        if isinstance(pop, InputPop):
+            continue
+        k = pop.code.bits if isinstance(pop, GatePop) else 1
+        per_lane += (k + 1) * int(np.prod(pop.input_shape)) * 8 + k * k * int(np.prod(pop.shape))
+    return int(max(1, min(DEFAULT_LANES, LANE_MEMORY // per_lane)))
 
 
 def _run_chunk(program, codes, lanes, interval, record):
