@@ -217,8 +217,11 @@ def run(program, inp, output, backend, interval, probabilities, limit):
 @click.option("--min-agreement", default=0.99, show_default=True, type=click.FloatRange(0, 1),
               help="Fail (exit 1) when top-1 agreement with onnxruntime is below this.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the report as JSON.")
+@click.option("--spike-check", default=64, show_default=True, type=click.IntRange(0),
+              help="With --onnx: every input is evaluated with the integer semantics (level 1); this many "
+                   "are also run on the spiking backend, which must equal it integer for integer.")
 @_limit_option
-def validate(program, onnx_path, inp, labels, backend, interval, min_agreement, json_out, limit):
+def validate(program, onnx_path, inp, labels, backend, interval, min_agreement, json_out, spike_check, limit):
     """Check PROGRAM: against onnxruntime (--onnx) and, for a backend other than the
     reference, against the reference simulator spike for spike. Exits 1 on failure."""
     import dataclasses
@@ -249,7 +252,7 @@ def validate(program, onnx_path, inp, labels, backend, interval, min_agreement, 
         ok &= spikes.equal
     if onnx_path:
         rep = run_validation(prog, onnx_path, x, labels=y, backend=backend, min_agreement=min_agreement,
-                             result=result)
+                             result=result, spike_check=spike_check)
         click.echo(rep.render(), nl=False)
         report["onnx"] = {**dataclasses.asdict(rep), "passed": rep.passed}
         ok &= rep.passed

@@ -85,8 +85,10 @@ class OnnxRunner:
 
     def run(self, x: np.ndarray, tensors, desc: str = "onnxruntime"):
         """Yield (slice, {tensor: array}) over batches of x."""
-        for i in progress(range(0, x.shape[0], self.batch), desc=desc,
-                          total=-(-x.shape[0] // self.batch)):
+        starts = range(0, x.shape[0], self.batch)
+        if desc:  # (None: the caller shows its own progress)
+            starts = progress(starts, desc=desc, total=len(starts))
+        for i in starts:
             xb = x[i:i + self.batch].astype(np.float32)
             try:
                 outs = self.sess.run(list(tensors), {self.input_name: xb})

@@ -181,11 +181,12 @@ def join(pop, a: np.ndarray) -> np.ndarray:
     return max_compartments(a, getattr(pop, "compartments", 1))
 
 
-def evaluate(program: Program, x: np.ndarray) -> dict:
+def evaluate(program: Program, x: np.ndarray, spike_counts: dict | None = None) -> dict:
     """Level-1 evaluation of a program on float input x (N, *input_shape).
 
     Returns {population name: integer array (N, *shape)}: the codes of the input
-    and gate populations and the integer y of the readout.
+    and gate populations and the integer y of the readout. ``spike_counts``, when
+    given, receives {population: spikes per input (N,)} of the input and gates.
     """
     out: dict[str, np.ndarray] = {}
     spikes: dict[str, np.ndarray] = {}
@@ -193,6 +194,8 @@ def evaluate(program: Program, x: np.ndarray) -> dict:
         if isinstance(pop, InputPop):
             out[pop.name] = encode_input(pop, x)
             spikes[pop.name] = bit_planes(out[pop.name], pop.bits)
+            if spike_counts is not None:
+                spike_counts[pop.name] = _per_input(spikes[pop.name])
             continue
         a = np.zeros((x.shape[0], *pop.input_shape), np.int64)
         for proj in program.incoming(pop.name):
@@ -203,11 +206,18 @@ def evaluate(program: Program, x: np.ndarray) -> dict:
             out[pop.name] = gate_code(pop.code, y)
             spikes[pop.name] = (bit_planes(out[pop.name], pop.code.bits) if pop.code.is_binary()
                                 else unit_spikes(pop.code, y))
+            if spike_counts is not None:
+                spike_counts[pop.name] = _per_input(spikes[pop.name])
         elif isinstance(pop, ReadoutPop):
             out[pop.name] = y
         else:
             raise IRError(f"unknown population kind {type(pop).__name__}")
     return out
+
+
+def _per_input(z: np.ndarray) -> np.ndarray:
+    """Spikes per input (N,) of unit spikes z (K, N, ...)."""
+    return z.reshape(z.shape[0], z.shape[1], -1).sum((0, 2), dtype=np.int64)
 
 
 def decode(pop, values: np.ndarray) -> np.ndarray:
