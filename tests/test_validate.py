@@ -1,6 +1,5 @@
 """validate: level 1 over every input, the spiking backend on a subset that must equal it."""
 
-import numpy as np
 import pytest
 
 import amosc
