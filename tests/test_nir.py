@@ -1,0 +1,219 @@
+"""NIR export (docs/nir.md): the written graph, read back with ``nir.read`` and stepped by a
+small discrete-time NIR interpreter (forward Euler at dt = 1, written here, numpy only), fires
+spike for spike like the reference simulator and reads the same readout integers."""
+
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from numpy.lib.stride_tricks import sliding_window_view
+
+import amosc
+from amosc.backends.reference import simulate
+from amosc.cli import main
+from amosc.ir.nodes import GatePop, InputPop
+from conftest import EXAMPLE, structured_inputs, uniform_inputs
+from onnx_builders import GraphBuilder, mlp, save, small_cnn
+
+# nir is the optional extra amosc[nir]; scripts/setup.sh installs it, so CI runs these tests
+nir = pytest.importorskip("nir", reason="the optional 'nir' package is not installed "
+                                        "(pip install -e '.[nir]' or bash scripts/setup.sh)")
+from amosc.backends.nir_export import export_nir, to_nir  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------
+# A discrete-time NIR interpreter: every node once per step in topological order, a node's
+# input the sum of its incoming edges, forward Euler with dt = 1, batch axis first.
+# ---------------------------------------------------------------------------------------------
+
+def _conv2d(x, w, stride, padding, dilation, groups):
+    """PyTorch/NIR Conv2d (cross-correlation, symmetric zero padding) of x (N, C, H, W)."""
+    (sh, sw), (ph, pw), (dh, dw) = (tuple(int(v) for v in np.broadcast_to(a, 2)) for a in (stride, padding, dilation))
+    groups = int(groups)
+    n, c = x.shape[:2]
+    co, cig, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    win = sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    win = win[:, :, ::sh, ::sw, ::dh, ::dw]
+    ho, wo = win.shape[2:4]
+    win = win.reshape(n, groups, cig, ho, wo, kh, kw)
+    out = np.einsum("ngchwij,gocij->ngohw", win, w.reshape(groups, co // groups, cig, kh, kw), optimize=True)
+    return out.reshape(n, co, ho, wo)
+
+
+class Interpreter:
+    """Steps a NIR graph (the node kinds amosc writes, and IF) on a batch of N inputs."""
+
+    def __init__(self, graph):
+        self.g = graph
+        self.preds = {k: [] for k in graph.nodes}
+        succ = {k: [] for k in graph.nodes}
+        for a, b in graph.edges:
+            self.preds[b].append(a)
+            succ[a].append(b)
+        indeg = {k: len(v) for k, v in self.preds.items()}
+        ready = sorted(k for k, d in indeg.items() if d == 0)
+        self.order = []
+        while ready:
+            k = ready.pop()
+            self.order.append(k)
+            for s in succ[k]:
+                indeg[s] -= 1
+                if indeg[s] == 0:
+                    ready.append(s)
+        assert len(self.order) == len(graph.nodes), "the graph has a cycle without a delay"
+
+    def run(self, feeds: dict, steps: int, record=()):
+        """feeds: {input node: (steps, N, *shape)}; returns {node: (steps, N, *shape)} for
+        every node in ``record`` (and every Output node)."""
+        nodes = self.g.nodes
+        n = next(iter(feeds.values())).shape[1]
+        state = {}
+        hist = {k: [] for k, v in nodes.items() if isinstance(v, nir.Delay)}
+        rec = {k: [] for k in set(record) | {k for k, v in nodes.items() if isinstance(v, nir.Output)}}
+        for t in range(steps):
+            out = {}
+            for name in self.order:
+                node = nodes[name]
+                parts = [out[p] for p in self.preds[name] if out[p] is not None]
+                x = sum(parts[1:], parts[0]) if parts else None
+                out[name] = self._step(name, node, x, t, n, feeds, state, hist)
+            for k in rec:
+                o = out[k]
+                shape = np.asarray(nodes[k].output_type["output"]).astype(int)
+                rec[k].append(np.zeros((n, *shape)) if o is None else np.broadcast_to(o, (n, *shape)))
+        return {k: np.stack(v) for k, v in rec.items()}
+
+    @staticmethod
+    def _step(name, node, x, t, n, feeds, state, hist):
+        if isinstance(node, nir.Input):
+            return feeds[name][t].astype(np.float64)
+        if isinstance(node, nir.Output):
+            return x
+        if isinstance(node, nir.Delay):
+            hist[name].append(x)
+            taus = np.unique(node.delay)
+            assert len(taus) == 1, "uniform delays only"
+            tau = int(taus[0])
+            return hist[name][t - tau] if t >= tau else None
+        if isinstance(node, (nir.LIF, nir.IF, nir.LI)):
+            shape = node.r.shape
+            v = state.get(name, np.zeros((n, *shape)))
+            i = 0.0 if x is None else x
+            if isinstance(node, nir.IF):
+                v = v + node.r * i
+            else:  # tau dv/dt = (v_leak - v) + r I, one Euler step of dt = 1
+                v = v + (node.v_leak - v + node.r * i) / node.tau
+            if isinstance(node, nir.LI):
+                state[name] = v
+                return v
+            z = v > node.v_threshold
+            state[name] = np.where(z, node.v_reset, v)
+            return z.astype(np.float64) if z.any() else None
+        if x is None:  # the rest are maps without a constant term (asserted below)
+            if isinstance(node, (nir.Affine, nir.Conv2d)):
+                assert not np.any(node.bias)
+            if isinstance(node, nir.Threshold):
+                assert np.all(node.threshold >= 0)
+            return None
+        if isinstance(node, nir.Scale):
+            return x * node.scale
+        if isinstance(node, nir.Threshold):
+            z = x > node.threshold
+            return z.astype(np.float64) if z.any() else None
+        if isinstance(node, (nir.Linear, nir.Affine)):
+            y = x.reshape(x.shape[0], -1) @ node.weight.T.astype(np.float64)
+            return y + node.bias if isinstance(node, nir.Affine) else y
+        if isinstance(node, nir.Flatten):
+            shape = tuple(x.shape[1:])
+            start, end = int(node.start_dim), int(node.end_dim) % len(shape)
+            return x.reshape(x.shape[0], *shape[:start], -1, *shape[end + 1:])
+        if isinstance(node, nir.Conv2d):
+            y = _conv2d(x, node.weight.astype(np.float64), node.stride, node.padding, node.dilation, node.groups)
+            return y + node.bias.reshape(-1, 1, 1)
+        raise AssertionError(f"node {name}: {type(node).__name__} not interpreted")
+
+
+def run_nir(graph, program, x, interval=0):
+    """Encode x as the graph's metadata says, step the graph, and return the readout
+    integers (N, classes) and the rasters {population: (N, K, *shape)} (as the reference's);
+    every unit must be silent outside its evaluation step."""
+    meta = graph.metadata
+    inp = meta["input"]
+    c = np.clip(np.round((x.astype(np.float64) - inp["zero_point"]) / inp["scale"]), 0, 2 ** int(inp["bits"]) - 1)
+    n = x.shape[0]
+    entries = [0] * n if interval == 0 else [i * interval for i in range(n)]
+    read = int(meta["readout"]["read_step"])
+    steps = max(entries) + read + 1
+    # interval 0: every input its own batch lane, entering at step 0; else one lane, staggered
+    lanes = n if interval == 0 else 1
+    feed_x = np.zeros((steps, lanes, *c.shape[1:]))
+    feed_clock = None
+    for i, t0 in enumerate(entries):
+        feed_x[t0, i if interval == 0 else 0] = c[i]
+    feeds = {"input": feed_x}
+    if "clock" in meta:
+        feed_clock = np.zeros((steps, lanes, *np.asarray(meta["clock"]["shape"]).astype(int)))
+        for i, t0 in enumerate(entries):
+            feed_clock[t0, i if interval == 0 else 0] = 1
+        feeds["clock"] = feed_clock
+    import json
+    pops = json.loads(meta["populations"])
+    units = [u for p in pops for u in p.get("units", [])]
+    rec = Interpreter(graph).run(feeds, steps, record=units)
+    out = rec["output"]
+    y = np.stack([out[t0 + read, i if interval == 0 else 0] for i, t0 in enumerate(entries)])
+    rasters = {}
+    for p in pops:
+        if "units" not in p:
+            continue
+        r = np.zeros((n, len(p["units"]), *p["shape"]), np.uint8)
+        for k, u in enumerate(p["units"]):
+            s = rec[u]  # (steps, lanes, *shape)
+            fired = np.zeros(s.shape, bool)
+            for i, t0 in enumerate(entries):
+                lane = i if interval == 0 else 0
+                r[i, k] = s[t0 + p["start"] + k, lane]
+                fired[t0 + p["start"] + k, lane] = True
+            assert not s[~fired].any(), f"{u} fired outside its evaluation steps"
+        rasters[p["name"]] = r
+    return y, rasters
+
+
+def assert_spike_equal(program, graph, x, interval=0):
+    ref = simulate(program, x, record=True, interval=interval)
+    y, rasters = run_nir(graph, program, x, interval)
+    assert set(rasters) == set(ref.rasters)
+    total = 0
+    for name, r in ref.rasters.items():
+        np.testing.assert_array_equal(rasters[name], r, err_msg=name)
+        total += int(r.sum())
+    assert np.array_equal(y, ref.output.astype(np.float64)), (y, ref.output)
+    assert total > 0
+    return ref, total
+
+
+def write_read(program, path, **kw):
+    info = export_nir(program, path, **kw)
+    assert os.path.getsize(path) == info["bytes"]
+    return nir.read(path), info
+
+
+def assert_same_graph(a, b):
+    assert sorted(a.nodes) == sorted(b.nodes)
+    assert list(map(tuple, a.edges)) == list(map(tuple, b.edges))
+    for name, node in a.nodes.items():
+        other = b.nodes[name]
+        assert type(node) is type(other), name
+        da, db = node.to_dict(), other.to_dict()
+        assert sorted(da) == sorted(db), name
+        for key, va in da.items():
+            if key == "metadata":
+                assert sorted(va) == sorted(db[key]), name
+                for mk, mv in va.items():
+                    assert np.array_equal(np.asarray(mv), np.asarray(db[key][mk])), (name, mk)
+            elif key not in ("type",):
+                assert np.array_equal(np.asarray(va), np.asarray(db[key])), (name, key)
+                if isinstance(va, np.ndarray):
+                    assert va.dtype == np.asarray(db[key]).dtype, (name, key)
