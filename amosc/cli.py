@@ -265,13 +265,32 @@ def validate(program, onnx_path, inp, labels, backend, interval, min_agreement, 
 
 @main.command()
 @click.argument("program", type=click.Path(dir_okay=False))
-@click.option("--target", type=click.Choice(["lava"]), default="lava", show_default=True)
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
-              help="Directory to create (must not exist or be empty).")
-def export(program, target, output):
-    """Export PROGRAM as a runnable program for TARGET (Lava: standard processes)."""
-    from .backends.lava.export import export_lava
+@click.option("--target", type=click.Choice(["lava", "nir"]), default="lava", show_default=True,
+              help="lava: a runnable Lava program (a directory); nir: a NIR graph file (HDF5, docs/nir.md).")
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="lava: the directory to create (must not exist or be empty); nir: the .nir file to write.")
+@click.option("--no-floor", is_flag=True,
+              help="nir: leave out the per-plane floor corrections (Threshold nodes): a plain float network, "
+                   "smaller, but not bit-exact (docs/nir.md).")
+def export(program, target, output, no_floor):
+    """Export PROGRAM for TARGET: a runnable Lava program (standard processes) or a NIR graph."""
     from .ir.serialize import load
+    if target == "nir":
+        from .backends.nir_export import export_nir, import_nir
+        from .fileio import check_output
+        check_output(output, [program])
+        import_nir()
+        info = export_nir(load(program), output, floor_correction=not no_floor)
+        click.echo(f"wrote {output}: NIR graph, {info['nodes']} nodes, {info['edges']} edges, "
+                   f"{info['bytes']} bytes, {'bit-exact' if not no_floor else 'not bit-exact (--no-floor)'} "
+                   f"at dt = 1 step; feed {' and '.join(repr(i) for i in info['inputs'])}, read 'output' "
+                   f"{info['read_step']} steps after an input enters (docs/nir.md)")
+        return
+    if no_floor:
+        raise AmoscError("--no-floor applies to --target nir only")
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise AmoscError(f"{output}: is a file; --target lava writes a directory")
+    from .backends.lava.export import export_lava
     files = export_lava(load(program), output)
     click.echo(f"wrote {output}/: {', '.join(files)}; run: python {output}/network.py --input x.npy -o logits.npy")
 

@@ -19,7 +19,7 @@ from onnx_builders import GraphBuilder, mlp, save, small_cnn
 # nir is the optional extra amosc[nir]; scripts/setup.sh installs it, so CI runs these tests
 nir = pytest.importorskip("nir", reason="the optional 'nir' package is not installed "
                                         "(pip install -e '.[nir]' or bash scripts/setup.sh)")
-from amosc.backends.nir_export import export_nir, to_nir  # noqa: E402
+from amosc.backends.nir_export import export_nir, to_nir, write_nir  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +200,16 @@ def write_read(program, path, **kw):
     return nir.read(path), info
 
 
+def _same_value(a, b):
+    if isinstance(a, dict):
+        return isinstance(b, dict) and sorted(a) == sorted(b) and all(_same_value(a[k], b[k]) for k in a)
+    return np.array_equal(np.asarray(a), np.asarray(b))
+
+
 def assert_same_graph(a, b):
+    """What nir.read gives back equals what was written: node names and kinds, every
+    parameter (values and dtype), node and graph metadata, the edges in order."""
+    assert _same_value(a.metadata, b.metadata)
     assert sorted(a.nodes) == sorted(b.nodes)
     assert list(map(tuple, a.edges)) == list(map(tuple, b.edges))
     for name, node in a.nodes.items():
@@ -210,10 +219,146 @@ def assert_same_graph(a, b):
         assert sorted(da) == sorted(db), name
         for key, va in da.items():
             if key == "metadata":
-                assert sorted(va) == sorted(db[key]), name
-                for mk, mv in va.items():
-                    assert np.array_equal(np.asarray(mv), np.asarray(db[key][mk])), (name, mk)
-            elif key not in ("type",):
+                assert _same_value(va, db[key]), name
+            elif key != "type":
                 assert np.array_equal(np.asarray(va), np.asarray(db[key])), (name, key)
                 if isinstance(va, np.ndarray):
                     assert va.dtype == np.asarray(db[key]).dtype, (name, key)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tests
+# ---------------------------------------------------------------------------------------------
+
+KINDS = {"Input", "Output", "LIF", "LI", "Delay", "Scale", "Linear", "Conv2d", "Flatten", "Threshold"}
+
+
+def test_example_k4_spike_for_spike_and_round_trip(tmp_path):
+    """The shipped example at K=4: nir.read gives back the graph that was written, and it
+    fires every spike of the reference simulator (input, every gate) on test images, with
+    the same readout integers."""
+    program = amosc.compile(os.path.join(EXAMPLE, "model.onnx"), np.load(os.path.join(EXAMPLE, "calib.npy")),
+                            bits=4)
+    graph = to_nir(program)
+    path = tmp_path / "m.nir"
+    write_nir(graph, path)
+    back = nir.read(path)
+    assert_same_graph(graph, back)
+    assert {type(v).__name__ for v in back.nodes.values()} <= KINDS
+    meta = back.metadata
+    assert meta["format"] == "amosc-nir" and meta["exact"] == 1 and meta["floor_corrections"] > 0
+    assert meta["time"]["latency"] == program.latency and meta["input"]["bits"] == 4
+    for node in back.nodes.values():  # every unit: the memoryless LIF of docs/nir.md
+        if isinstance(node, nir.LIF):
+            assert np.all(node.tau == 1) and np.all(node.r == 1) and not node.v_leak.any()
+    x = np.load(os.path.join(EXAMPLE, "test_x.npy"))[:3]
+    ref, spikes = assert_spike_equal(program, back, x)
+    assert spikes > 10_000
+    # the readout decodes with the metadata alone
+    y, _ = run_nir(back, program, x)
+    np.testing.assert_array_equal(y * np.asarray(meta["readout"]["scale"]), ref.logits)
+
+
+def _maxpool_depthwise(tmp_path):
+    """Conv, ReLU, MaxPool 3x3/2 pad 1 (tree: dilated convs with asymmetric pads), depthwise conv."""
+    b = GraphBuilder((1, 9, 9), 3)
+    h = b.relu(b.conv("x", 1, 3))
+    h = b.node("MaxPool", [h], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    h = b.relu(b.conv(h, 3, 3, groups=3))
+    h = b.node("Flatten", [h], axis=1)
+    return save(b.model(b.gemm(h, 3 * 5 * 5, 4), 4), tmp_path / "mp.onnx"), structured_inputs((1, 9, 9), 40, seed=3)
+
+
+def _squeeze_excitation(tmp_path):
+    """A sigmoid gate (fitted, segmented units) times a ReLU map: square units fed by sparse
+    maps into spatial populations (a whole-source Conv2d, then one unflattening Conv2d)."""
+    b = GraphBuilder((1, 8, 8), 11)
+    h = b.relu(b.bn(b.conv("x", 1, 4), 4))
+    s = b.relu(b.conv(b.node("GlobalAveragePool", [h]), 4, 2, k=1, pad=0))
+    s = b.node("Sigmoid", [b.conv(s, 2, 4, k=1, pad=0)])
+    h = b.node("Flatten", [b.node("GlobalAveragePool", [b.node("Mul", [h, s])])], axis=1)
+    return save(b.model(b.gemm(h, 4, 3), 3), tmp_path / "se.onnx"), structured_inputs((1, 8, 8), 40, seed=4)
+
+
+def _mlp(tmp_path):
+    return save(mlp(), tmp_path / "mlp.onnx"), np.random.default_rng(0).normal(0, 1, (40, 20)).astype(np.float32)
+
+
+def _cnn(tmp_path):
+    return save(small_cnn(seed=4, pool="avg"), tmp_path / "cnn.onnx"), structured_inputs((1, 12, 12), 40, seed=1)
+
+
+@pytest.mark.parametrize("build,interval", [(_mlp, 0), (_mlp, 1), (_cnn, 0), (_cnn, 1), (_maxpool_depthwise, 0),
+                                            (_squeeze_excitation, 0)],
+                         ids=["mlp", "mlp-pipelined", "cnn", "cnn-pipelined", "maxpool-depthwise",
+                              "sigmoid-se"])
+def test_small_programs_spike_for_spike(tmp_path, build, interval):
+    """Dense and conv projections, residual delays, grouped and dilated asymmetric convs, tree
+    max units, a fitted sigmoid, square units and sparse maps into spatial populations; and
+    pipelined inputs (a new input every step, through the clock), spike for spike."""
+    path, x = build(tmp_path)
+    program = amosc.compile(path, x[:30], bits=4)
+    graph = to_nir(program)
+    write_nir(graph, tmp_path / "m.nir")
+    back = nir.read(tmp_path / "m.nir")
+    assert_same_graph(graph, back)
+    assert_spike_equal(program, back, x[30:34], interval=interval)
+
+
+def test_without_floor_corrections_it_is_a_plain_float_network(tmp_path):
+    """floor_correction=False drops every Threshold node: smaller, but the planes' floors are
+    gone, so the integers drift (docs/nir.md measures it on the example)."""
+    path, x = _cnn(tmp_path)
+    program = amosc.compile(path, x[:30], bits=4)
+    full, plain = to_nir(program), to_nir(program, floor_correction=False)
+    assert any(isinstance(v, nir.Threshold) for v in full.nodes.values())
+    assert not any(isinstance(v, nir.Threshold) for v in plain.nodes.values())
+    assert plain.metadata["exact"] == 0 and plain.metadata["floor_corrections"] == 0
+    assert len(plain.nodes) < len(full.nodes)
+    y, _ = run_nir(plain, program, x[30:34])
+    ref = simulate(program, x[30:34])
+    # a different network: close to the program, but not its integers
+    assert not np.array_equal(y, ref.output)
+    assert np.abs(y - ref.output).max() < 0.1 * np.abs(ref.output).max()
+
+
+def test_cli_export_nir(tmp_path):
+    path, x = _cnn(tmp_path)
+    amosc.compile(path, x[:30], bits=4).save(tmp_path / "m.amos")
+    out = tmp_path / "m.nir"
+    for _ in range(2):  # the second replaces the first atomically
+        r = CliRunner().invoke(main, ["export", str(tmp_path / "m.amos"), "--target", "nir", "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        assert "wrote" in r.output and "bit-exact" in r.output and "'clock'" in r.output
+    assert isinstance(nir.read(out), nir.NIRGraph)
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
+    r = CliRunner().invoke(main, ["export", str(tmp_path / "m.amos"), "--target", "nir", "--no-floor",
+                                  "-o", str(tmp_path / "plain.nir")])
+    assert r.exit_code == 0 and "not bit-exact" in r.output, r.output
+    assert not any(isinstance(v, nir.Threshold) for v in nir.read(tmp_path / "plain.nir").nodes.values())
+    for argv, needle in [(["-o", str(tmp_path / "nodir" / "m.nir")], "does not exist"),
+                         (["-o", str(tmp_path / "m.amos")], "would overwrite the input"),
+                         (["-o", str(tmp_path)], "names a directory")]:
+        before = sorted(os.listdir(tmp_path))
+        r = CliRunner().invoke(main, ["export", str(tmp_path / "m.amos"), "--target", "nir", *argv])
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], \
+            r.output
+        assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_max_join_compartments_are_refused_by_name(tmp_path):
+    """--maxpool lipool units join compartments by max: NIR sums a node's inputs, so the export
+    refuses them, one error line naming the population and the reason."""
+    b = GraphBuilder((2, 9, 9), 5)
+    h = b.node("MaxPool", [b.relu(b.bn(b.conv("x", 2, 3), 3))], kernel_shape=[2, 2], strides=[2, 2])
+    path = save(b.model(b.gemm(b.node("Flatten", [h], axis=1), 3 * 4 * 4, 4), 4), tmp_path / "lipool.onnx")
+    program = amosc.compile(path, structured_inputs((2, 9, 9), 30, seed=7), bits=4, maxpool="lipool")
+    pool = next(p for p in program.populations if isinstance(p, GatePop) and p.compartments > 1)
+    program.save(tmp_path / "m.amos")
+    r = CliRunner().invoke(main, ["export", str(tmp_path / "m.amos"), "--target", "nir", "-o", str(tmp_path / "m.nir")])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert lines[0].startswith("error: population ") and pool.name in lines[0] and "compartments" in lines[0]
+    assert "--maxpool tree" in lines[0]
+    assert not os.path.exists(tmp_path / "m.nir")

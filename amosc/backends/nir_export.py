@@ -469,17 +469,27 @@ def _json_default(o):
     return o.tolist() if hasattr(o, "tolist") else str(o)
 
 
-def export_nir(program, path, *, floor_correction: bool = True) -> dict:
-    """Write the program's NIR graph to ``path`` (HDF5, atomically); returns a summary."""
+def write_nir(graph, path) -> int:
+    """Write a NIR graph to ``path`` (HDF5, atomically: amosc.fileio.atomic_write); returns its
+    size in bytes."""
     from ..fileio import atomic_write
     nir = import_nir()
-    graph = to_nir(program, floor_correction=floor_correction)
     buf = io.BytesIO()
     nir.write(buf, graph)
     data = buf.getvalue()
     atomic_write(path, lambda f: f.write(data))
+    return len(data)
+
+
+def export_nir(program, path, *, floor_correction: bool = True) -> dict:
+    """Write the program's NIR graph to ``path``; returns a summary (nodes, edges, bytes, ...)."""
+    nir = import_nir()
+    graph = to_nir(program, floor_correction=floor_correction)
+    size = write_nir(graph, path)
     kinds: dict = {}
     for node in graph.nodes.values():
         kinds[type(node).__name__] = kinds.get(type(node).__name__, 0) + 1
-    return {"nodes": len(graph.nodes), "edges": len(graph.edges), "bytes": len(data), "kinds": kinds,
-            "floor_corrections": int(graph.metadata["floor_corrections"]), "latency": int(program.latency)}
+    return {"nodes": len(graph.nodes), "edges": len(graph.edges), "bytes": size, "kinds": kinds,
+            "floor_corrections": int(graph.metadata["floor_corrections"]), "latency": int(program.latency),
+            "read_step": int(program.output_pop.start),
+            "inputs": sorted(k for k, v in graph.nodes.items() if isinstance(v, nir.Input))}
