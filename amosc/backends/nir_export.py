@@ -79,9 +79,8 @@ def _tag(name: str) -> str:
 class _Builder:
     """Nodes and edges of the graph being written, with shared (memoized) delay nodes."""
 
-    def __init__(self, nir, floor_correction: bool):
+    def __init__(self, nir):
         self.nir = nir
-        self.floor = floor_correction
         self.nodes: dict = {}
         self.edges: list = []
         self._edge_set: set = set()
@@ -207,8 +206,8 @@ class _Builder:
             if entries > DENSE_LIMIT:
                 raise NIRExportError(
                     f"{what}: NIR 1.0 has no sparse weights and this sparse map {weight.shape} "
-                    f"({weight.nnz} synapses) written dense would take {entries} weights per plane "
-                    f"(limit {DENSE_LIMIT}); export a smaller model or split the layer")
+                    f"({weight.nnz} synapses) written dense would take {entries} weights per plane, "
+                    f"over the limit of {DENSE_LIMIT}")
             weight = weight.toarray()
         if len(proj.out_shape) == 3 and weight.shape[0] * weight.shape[1] > DENSE_LIMIT:
             raise NIRExportError(f"{what}: a dense map {weight.shape} into the spatial population "
@@ -357,7 +356,7 @@ def to_nir(program, *, floor_correction: bool = True):
     per-plane floors are left out: a plain float network that is not bit-exact."""
     nir = import_nir()
     _check(program)
-    b = _Builder(nir, floor_correction)
+    b = _Builder(nir)
     pops = program.populations
     tags, seen = {}, set()
     for i, pop in enumerate(pops):
