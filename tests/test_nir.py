@@ -2,6 +2,7 @@
 small discrete-time NIR interpreter (forward Euler at dt = 1, written here, numpy only), fires
 spike for spike like the reference simulator and reads the same readout integers."""
 
+import json
 import os
 
 import numpy as np
@@ -12,8 +13,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 import amosc
 from amosc.backends.reference import simulate
 from amosc.cli import main
-from amosc.ir.nodes import GatePop, InputPop
-from conftest import EXAMPLE, structured_inputs, uniform_inputs
+from amosc.ir.nodes import GatePop
+from conftest import EXAMPLE, structured_inputs
 from onnx_builders import GraphBuilder, mlp, save, small_cnn
 
 # nir is the optional extra amosc[nir]; scripts/setup.sh installs it, so CI runs these tests
@@ -135,10 +136,10 @@ class Interpreter:
         raise AssertionError(f"node {name}: {type(node).__name__} not interpreted")
 
 
-def run_nir(graph, program, x, interval=0):
-    """Encode x as the graph's metadata says, step the graph, and return the readout
-    integers (N, classes) and the rasters {population: (N, K, *shape)} (as the reference's);
-    every unit must be silent outside its evaluation step."""
+def run_nir(graph, x, interval=0):
+    """Encode x as the graph's metadata says (no program needed), step the graph, and return
+    the readout integers (N, classes) and the rasters {population: (N, K, *shape)} (as the
+    reference's); every unit must be silent outside its evaluation step."""
     meta = graph.metadata
     inp = meta["input"]
     c = np.clip(np.round((x.astype(np.float64) - inp["zero_point"]) / inp["scale"]), 0, 2 ** int(inp["bits"]) - 1)
@@ -149,7 +150,6 @@ def run_nir(graph, program, x, interval=0):
     # interval 0: every input its own batch lane, entering at step 0; else one lane, staggered
     lanes = n if interval == 0 else 1
     feed_x = np.zeros((steps, lanes, *c.shape[1:]))
-    feed_clock = None
     for i, t0 in enumerate(entries):
         feed_x[t0, i if interval == 0 else 0] = c[i]
     feeds = {"input": feed_x}
@@ -158,7 +158,6 @@ def run_nir(graph, program, x, interval=0):
         for i, t0 in enumerate(entries):
             feed_clock[t0, i if interval == 0 else 0] = 1
         feeds["clock"] = feed_clock
-    import json
     pops = json.loads(meta["populations"])
     units = [u for p in pops for u in p.get("units", [])]
     rec = Interpreter(graph).run(feeds, steps, record=units)
@@ -183,7 +182,7 @@ def run_nir(graph, program, x, interval=0):
 
 def assert_spike_equal(program, graph, x, interval=0):
     ref = simulate(program, x, record=True, interval=interval)
-    y, rasters = run_nir(graph, program, x, interval)
+    y, rasters = run_nir(graph, x, interval)
     assert set(rasters) == set(ref.rasters)
     total = 0
     for name, r in ref.rasters.items():
@@ -255,7 +254,7 @@ def test_example_k4_spike_for_spike_and_round_trip(tmp_path):
     ref, spikes = assert_spike_equal(program, back, x)
     assert spikes > 10_000
     # the readout decodes with the metadata alone
-    y, _ = run_nir(back, program, x)
+    y, _ = run_nir(back, x)
     np.testing.assert_array_equal(y * np.asarray(meta["readout"]["scale"]), ref.logits)
 
 
@@ -315,7 +314,7 @@ def test_without_floor_corrections_it_is_a_plain_float_network(tmp_path):
     assert not any(isinstance(v, nir.Threshold) for v in plain.nodes.values())
     assert plain.metadata["exact"] == 0 and plain.metadata["floor_corrections"] == 0
     assert len(plain.nodes) < len(full.nodes)
-    y, _ = run_nir(plain, program, x[30:34])
+    y, _ = run_nir(plain, x[30:34])
     ref = simulate(program, x[30:34])
     # a different network: close to the program, but not its integers
     assert not np.array_equal(y, ref.output)
