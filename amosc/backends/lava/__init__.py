@@ -2,8 +2,10 @@
 
 Two lowering styles (docs/lava.md):
 
-- ``fast``: one custom Lava process per population (:mod:`.procs.amos`), whose
-  fixed-point models run the reference simulator's own state classes; quick on CPU.
+- ``fast``: one custom Lava process per population and per projection
+  (:mod:`.procs.amos`), fixed-point models that implement docs/ir.md's dynamics
+  themselves (integer sparse weight matrices, delay-line ring buffers, gated units),
+  independently of amosc's simulators: they share only the program's data; quick on CPU.
 - ``loihi``: standard Lava processes only (RingBuffer, LIFReset, DelaySparse,
   Monitor), the form that maps onto Loihi; one process per unit position and per
   synapse plane, so it suits small programs (:mod:`.loihi`).
@@ -100,6 +102,21 @@ class LavaGraph:
         self.stop()
 
 
+def input_spike_data(codes: np.ndarray, bits: int, start: int, interval: int, steps: int) -> np.ndarray:
+    """The input encoder's spikes as a RingBuffer's (K * n, steps) matrix: row k * n + i is
+    unit k of neuron i, spiking bit k (MSB first) of input s's code at step s * interval +
+    start + k (column t is sent at Lava time step t + 1)."""
+    flat = codes.reshape(codes.shape[0], -1)
+    n = flat.shape[1]
+    data = np.zeros((bits * n, steps), np.int32)
+    for s in range(flat.shape[0]):
+        for k in range(bits):
+            col = s * interval + start + k
+            if col < steps:
+                data[k * n:(k + 1) * n, col] = (flat[s] >> (bits - 1 - k)) & 1
+    return data
+
+
 def to_lava(program, x: np.ndarray, style: str = "fast", interval: int = 1, dump_dir=None) -> LavaGraph:
     """Build the Lava process graph of ``program`` fed with inputs x (N, *shape)."""
     install()
@@ -121,12 +138,9 @@ def to_lava(program, x: np.ndarray, style: str = "fast", interval: int = 1, dump
     if style != "fast":
         raise BackendError(f"unknown Lava style {style!r}; choose one of {STYLES}")
     from lava.proc.io.source import RingBuffer
-    from . import network
     from .procs.amos import AmosSynapses, AmosUnits
     inp = program.input_pop
-    planes = [network.source_data({"type": "input_plane", "bits": inp.bits, "plane": j}, codes, interval, steps)
-              for j in range(inp.bits)]
-    procs = {inp.name: RingBuffer(data=np.concatenate(planes))}
+    procs = {inp.name: RingBuffer(data=input_spike_data(codes, inp.bits, inp.start, interval, steps))}
     dump_dir = dump_dir or tempfile.mkdtemp(prefix="amosc-lava-")
     for i, pop in enumerate(program.populations[1:]):
         procs[pop.name] = AmosUnits(pop=pop, n_items=codes.shape[0], interval=interval,
@@ -144,7 +158,8 @@ def to_lava(program, x: np.ndarray, style: str = "fast", interval: int = 1, dump
 class LavaBackend(Backend):
     name = "lava"
     style = "fast"
-    description = "Lava 0.10 bit-accurate Loihi simulator, one custom process per population ('fast' style)"
+    description = ("Lava 0.10 bit-accurate Loihi simulator, one custom fixed-point process per population "
+                   "and projection ('fast' style: an independent implementation of the IR's dynamics)")
 
     def available(self):
         return lava_problem()

@@ -1,11 +1,33 @@
-"""One Lava process per AMOS population (``fast`` style), running the reference
-simulator's own per-population state classes inside fixed-point process models.
+"""Lava processes of the ``fast`` style: an independent implementation of the AMOS
+dynamics of docs/ir.md, one process per population and one per projection.
 
-- :class:`AmosSynapses`: a projection; sends, at each step, the arrivals due for its
-  target (like Lava's Dense it sends first and receives after, one step per hop);
-- :class:`AmosUnits`: a gate population's K units, or a readout's accumulators;
-  results go to ``dump`` (an .npz written once, at the last step) so that reading
-  them costs nothing per element.
+Nothing here runs amosc's simulators: neither :mod:`amosc.backends.reference` nor the
+integer helpers of :mod:`amosc.ir.semantics` (plane_input, unit_spikes, gate_code,
+join, enable_weights, conv2d/linear) are used. The models take from amosc only the
+program's data layout (a population's shape, start, code, bias; a projection's
+weights, exponents, kind, attributes and shapes) and compute every step from
+docs/ir.md with their own integer state, declared as Lava Vars with their precision:
+
+- :class:`AmosSynapses` (a projection): its integer weight matrix, built once as a
+  scipy CSR from the conv / dense / sparse layout; each step one sparse product of the
+  source's K spike planes, then per plane ``floor(d_j * (M @ z_j) * 2^e[c])`` by integer
+  shifts, added to a ring buffer of pending arrivals (``delay_line``) at ``t + 1 + d_j``
+  (d_j = start(target) - start(source) - j - 1). Like Lava's Dense it sends first and
+  receives after, so a hop takes one step.
+- :class:`AmosUnits`: a gate's K units. ``inputs`` is a ring of the last K steps'
+  synaptic input (compartments joined by max on arrival): unit k reads the row of
+  t - k, its copy of the synapses being delayed k more. ``inhibition`` is a ring of
+  pending inhibition, unit j's spike at t arriving at unit k > j at t + k - j with
+  weight -h_j. The bias is gated as on Loihi: the unit holds ``b - E`` and a
+  per-population clock's enable of weight E arrives with the input. Unit k fires when
+  ``v >= T_k`` (Lava's LIF: ``v > vth`` with vth = T_k - 1). A readout adds its bias to
+  the input of its scheduled steps.
+
+Results are written once per process, at its last step (``dump``, an .npz), instead of
+being read element by element through Lava Vars or Monitors.
+
+Keep this package free of side effects and of unrelated modules: Lava's compiler
+imports every .py file beside a module that defines a process model.
 """
 
 from __future__ import annotations
@@ -13,34 +35,111 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import scipy.sparse as sp
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.model.py.model import PyLoihiProcessModel
 from lava.magma.core.model.py.ports import PyInPort, PyOutPort
 from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess
+from lava.magma.core.process.variable import Var
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
+#: Loihi's enable weight is an 8-bit mantissa times 2^ENABLE_EXP (docs/ir.md, gated bias).
+ENABLE_EXP = 8
+
+
+def _size(shape) -> int:
+    return int(np.prod(shape))
+
+
+def _offsets(src, tgt) -> list:
+    """1 + delay of source plane j's synapses into the target's copy 0 (docs/ir.md#timing)."""
+    return [tgt.start - src.start - j for j in range(len(src.code.weights))]
+
+
+# ---------------------------------------------------------------------------
+# Weight matrices from the projection layouts (built once per process)
+# ---------------------------------------------------------------------------
+
+def conv_matrix(w: np.ndarray, in_shape, out_shape, attrs) -> sp.csr_matrix:
+    """The (C_out*Ho*Wo, C_in*H*W) integer matrix of an ONNX Conv (cross-correlation):
+    out[o, y, x] += w[o, c, ky, kx] * in[g*C_in/g + c, y*sh - pt + ky*dh, x*sw - pl + kx*dw]
+    with g = o // (C_out/groups), zero outside the input (padding)."""
+    co, cig, _, _ = w.shape
+    ci, h, wd = in_shape
+    _, ho, wo = out_shape
+    (sh, sw), (pt, pl, _, _), (dh, dw) = attrs["strides"], attrs["pads"], attrs["dilations"]
+    cog = co // attrs["groups"]
+    o, c, ky, kx = np.nonzero(w)          # one tap per non-zero weight
+    vals = w[o, c, ky, kx].astype(np.int64)
+    cin = (o // cog) * cig + c
+    iy = np.arange(ho)[None, :] * sh - pt + ky[:, None] * dh      # (taps, Ho)
+    ix = np.arange(wo)[None, :] * sw - pl + kx[:, None] * dw      # (taps, Wo)
+    rows, cols, data = [], [], []
+    for a in range(0, len(o), 4096):       # chunks bound the temporaries
+        b = slice(a, a + 4096)
+        ok = ((iy[b] >= 0) & (iy[b] < h))[:, :, None] & ((ix[b] >= 0) & (ix[b] < wd))[:, None, :]
+        r = (o[b, None, None] * ho + np.arange(ho)[None, :, None]) * wo + np.arange(wo)[None, None, :]
+        q = (cin[b, None, None] * h + iy[b][:, :, None]) * wd + ix[b][:, None, :]
+        rows.append(r[ok])
+        cols.append(q[ok])
+        data.append(np.broadcast_to(vals[b, None, None], ok.shape)[ok])
+    shape = (co * ho * wo, ci * h * wd)
+    if not rows:
+        return sp.csr_matrix(shape, dtype=np.int64)
+    m = sp.coo_matrix((np.concatenate(data), (np.concatenate(rows), np.concatenate(cols))), shape=shape)
+    return m.tocsr()
+
+
+def weight_matrix(proj) -> sp.csr_matrix:
+    """The projection's integer mantissa matrix M (targets x sources), int64 CSR."""
+    n_out, n_in = _size(proj.out_shape), _size(proj.in_shape)
+    if proj.kind == "conv":
+        m = conv_matrix(np.asarray(proj.weight), proj.in_shape, proj.out_shape, proj.attrs)
+    elif proj.kind == "dense":
+        m = sp.csr_matrix(np.asarray(proj.weight, dtype=np.int64))
+    elif proj.kind == "sparse":
+        m = sp.csr_matrix(proj.weight, dtype=np.int64)
+    else:
+        raise ValueError(f"projection {proj.name!r}: unknown kind {proj.kind!r}")
+    if m.shape != (n_out, n_in):
+        raise ValueError(f"projection {proj.name!r}: weight matrix {m.shape} != ({n_out}, {n_in})")
+    m.sum_duplicates()
+    m.eliminate_zeros()
+    return m
+
+
+# ---------------------------------------------------------------------------
+# Processes
+# ---------------------------------------------------------------------------
 
 class AmosSynapses(AbstractProcess):
-    """Projection ``proj`` from a population of K_src units to ``n_out`` targets."""
+    """Projection ``proj`` from the K_src units of ``src`` to ``tgt``'s input compartments.
+    ``delay_line[(t + 1 + d) % D]`` holds what arrives at step t + 1 + d."""
 
     def __init__(self, *, proj, src, tgt, name=None):
-        n_in = src.code.bits * int(np.prod(src.shape))
+        n_in = len(src.code.weights) * _size(src.shape)
+        n_out = _size(tgt.input_shape)
         super().__init__(proj=proj, src=src, tgt=tgt, name=name)
         self.s_in = InPort(shape=(n_in,))
-        self.a_out = OutPort(shape=(int(np.prod(tgt.input_shape)),))
+        self.a_out = OutPort(shape=(n_out,))
+        self.delay_line = Var(shape=(max(_offsets(src, tgt)) + 1, n_out), init=0)
 
 
 class AmosUnits(AbstractProcess):
-    """A gate population (spikes out: K x n) or the readout (no spikes)."""
+    """A gate population's K units (spikes out: K x n, unit k's plane at k*n) or a
+    readout's accumulators (no spikes)."""
 
     def __init__(self, *, pop, n_items, interval, dump, name=None):
-        n = int(np.prod(pop.shape))
+        n = _size(pop.shape)
+        k = len(pop.code.thresholds) if hasattr(pop, "code") else 1
         super().__init__(pop=pop, n_items=n_items, interval=interval, dump=dump, name=name)
-        self.a_in = InPort(shape=(int(np.prod(pop.input_shape)),))  # compartments of a pooling unit
-        self.s_out = OutPort(shape=(pop.code.bits * n if hasattr(pop, "code") else 1,))
+        self.a_in = InPort(shape=(_size(pop.input_shape),))  # compartments of a max-join unit
+        self.s_out = OutPort(shape=(k * n if hasattr(pop, "code") else 1,))
+        self.inputs = Var(shape=(k, n), init=0)          # joined input of steps t-K+1..t
+        self.inhibition = Var(shape=(k, k, n), init=0)   # pending inhibition by arrival step, unit
 
 
 @implements(proc=AmosSynapses, protocol=LoihiProtocol)
@@ -49,25 +148,37 @@ class AmosUnits(AbstractProcess):
 class PyAmosSynapsesModel(PyLoihiProcessModel):
     s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=1)
     a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    delay_line: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
-        from amosc.backends.reference import SynapseState
-        p = proc_params
-        self.src_shape = (p["src"].code.bits, 1, *p["src"].shape)
-        self.state = SynapseState(p["proj"], p["src"], p["tgt"])
-        self.pending: dict[int, np.ndarray] = {}
-        self.n_out = int(np.prod(p["tgt"].input_shape))
+        proj, src, tgt = proc_params["proj"], proc_params["src"], proc_params["tgt"]
+        # by source column: a step adds up the columns of the sources that spiked
+        self.columns = weight_matrix(proj).tocsc()
+        self.d = [int(d) for d in src.code.weights]
+        self.k_src, self.n_src = len(self.d), _size(src.shape)
+        self.offsets = _offsets(src, tgt)
+        # each target row's channel exponent, as a left and a right shift
+        rows_per_channel = _size(proj.out_shape) // proj.out_shape[0]
+        e = np.repeat(np.asarray(proj.exp, np.int64), rows_per_channel)
+        self.left, self.right = np.maximum(e, 0), np.maximum(-e, 0)
 
     def run_spk(self):
         t = self.time_step - 1
-        out = self.pending.pop(t, None)
-        self.a_out.send(np.zeros(self.n_out, np.int32) if out is None else out.reshape(-1).astype(np.int32))
-        z = self.s_in.recv().reshape(self.src_shape).astype(np.uint8)
-        self.state.deliver(z, t, self._arrive)
-
-    def _arrive(self, step, y):
-        self.pending[step] = self.pending[step] + y if step in self.pending else y
+        depth = self.delay_line.shape[0]
+        self.a_out.send(self.delay_line[t % depth].copy())
+        self.delay_line[t % depth] = 0
+        z = self.s_in.recv().reshape(self.k_src, self.n_src)
+        for j in range(self.k_src):
+            fired = np.flatnonzero(z[j])
+            if fired.size == 0:
+                continue
+            # (M @ z_j)_i: the sum of row i's weights from the sources that fired
+            m_z = np.asarray(self.columns[:, fired].sum(axis=1, dtype=np.int64)).reshape(-1)
+            # floor(d_j * (M @ z_j) * 2^e): a left shift, or an arithmetic right shift
+            y = np.right_shift(np.left_shift(m_z * self.d[j], self.left), self.right)
+            row = (t + self.offsets[j]) % depth
+            self.delay_line[row] += y.astype(np.int32)
 
 
 @implements(proc=AmosUnits, protocol=LoihiProtocol)
@@ -76,44 +187,86 @@ class PyAmosSynapsesModel(PyLoihiProcessModel):
 class PyAmosUnitsModel(PyLoihiProcessModel):
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=1)
+    inputs: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    inhibition: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
     def __init__(self, proc_params):
         super().__init__(proc_params)
-        from amosc.backends.reference import Schedule, UnitsState
         p = proc_params
-        self.pop = pop = p["pop"]
-        self.sched = Schedule(p["n_items"], 1, p["interval"])
-        self.state = UnitsState(pop, 1, self.sched)
+        pop = p["pop"]
+        self.n_items, self.interval, self.dump = p["n_items"], max(int(p["interval"]), 1), p["dump"]
+        self.first, self.shape = int(pop.start), tuple(pop.shape)  # not self.start: that is Lava's start()
+        self.n = _size(pop.shape)
         self.gate = hasattr(pop, "code")
-        self.dump = p["dump"]
-        self.last = self.sched.steps_before_last + pop.start + (pop.code.bits - 1 if self.gate else 0)
-        n = p["n_items"]
+        self.bias = np.asarray(pop.bias, np.int64).reshape(-1)
+        self.m = int(getattr(pop, "compartments", 1))
         if self.gate:
-            self.raster = np.zeros((n, pop.code.bits, *pop.shape), np.uint8)
+            code = pop.code
+            self.k = len(code.thresholds)
+            self.thresholds = [int(x) for x in code.thresholds]
+            self.resets = [int(x) for x in code.resets]
+            # gated bias: constant b - E in [-2^8, -1], enable spike of weight E
+            self.enable = (np.floor_divide(self.bias, 1 << ENABLE_EXP) + 1) << ENABLE_EXP
+            self.idle_bias = self.bias - self.enable
+            self.raster = np.zeros((self.n_items, self.k, self.n), np.uint8)
+            self.spurious = 0
+            self.last = (self.n_items - 1) * self.interval + self.first + self.k - 1
         else:
-            self.output = np.zeros((n, *pop.shape), np.int64)
+            self.k = 1
+            self.output = np.zeros((self.n_items, self.n), np.int64)
+            self.last = (self.n_items - 1) * self.interval + self.first
+
+    def _slot(self, t0: int):
+        """The input whose evaluation begins at step t0 (its enable arrives then), or None."""
+        if t0 < 0 or t0 % self.interval:
+            return None
+        s = t0 // self.interval
+        return s if s < self.n_items else None
 
     def run_spk(self):
         t = self.time_step - 1
-        a = self.a_in.recv().astype(np.int64).reshape(1, *self.pop.input_shape)
-        if a.any():
-            self.state.arrive(t, a)
-        if self.gate:
-            z = self.state.step(t, self._note)
-            self.s_out.send(np.zeros(self.s_out.shape, np.int32) if z is None else z.reshape(-1).astype(np.int32))
-        else:
-            got = self.state.readout(t)
-            if got is not None:
-                self.output[got[0]] = got[1][0]
+        a = self.a_in.recv().astype(np.int64)
+        if self.m > 1:  # max-join: each unit's input is the largest of its compartments
+            a = a.reshape(self.shape[0], self.m, -1).max(axis=1).reshape(-1)
+        if not self.gate:
+            s = self._slot(t - self.first)
+            if s is not None:
+                self.output[s] = self.bias + a
             self.s_out.send(np.zeros(1, np.int32))
-        self.state.forget(t)
+        else:
+            self._gate_step(t, a)
         if t == self.last:
-            tmp = self.dump + ".tmp.npz"
-            if self.gate:
-                np.savez(tmp, raster=self.raster, spurious=self.state.spurious)
-            else:
-                np.savez(tmp, output=self.output)
-            os.replace(tmp, self.dump)
+            self._write()
 
-    def _note(self, slot, k, zk):
-        self.raster[slot, k] = zk[0]
+    def _gate_step(self, t: int, a: np.ndarray):
+        k_all, n = self.k, self.n
+        self.inputs[t % k_all] = a
+        pending = self.inhibition[t % k_all]
+        z = np.zeros((k_all, n), np.int32)
+        for k in range(k_all):
+            s = self._slot(t - k - self.first)
+            v = self.inputs[(t - k) % k_all].astype(np.int64) + pending[k] + self.idle_bias
+            if s is not None:
+                v += self.enable
+            zk = v >= self.thresholds[k]
+            z[k] = zk
+            if s is None:
+                self.spurious += int(zk.sum())
+            else:
+                self.raster[s, k] = zk
+        pending[:] = 0
+        self.s_out.send(z.reshape(-1))
+        for j in range(k_all - 1):  # unit j inhibits unit k > j, arriving at t + k - j
+            if z[j].any():
+                inh = self.resets[j] * z[j]
+                for k in range(j + 1, k_all):
+                    self.inhibition[(t + k - j) % k_all, k] -= inh
+
+    def _write(self):
+        tmp = self.dump + ".tmp.npz"
+        if self.gate:
+            np.savez(tmp, raster=self.raster.reshape(self.n_items, self.k, *self.shape),
+                     spurious=self.spurious)
+        else:
+            np.savez(tmp, output=self.output.reshape(self.n_items, *self.shape))
+        os.replace(tmp, self.dump)
