@@ -211,7 +211,11 @@ def run(program, inp, output, backend, interval, probabilities, limit):
               help="The float ONNX model: compare with onnxruntime (accuracy, agreement, per-layer error).")
 @click.option("--input", "-i", "inp", required=True, type=click.Path(dir_okay=False))
 @click.option("--labels", type=click.Path(dir_okay=False), help="Integer labels .npy (N,).")
-@_backend_option()
+@click.option("--backend", default=None,
+              help="Spiking backend to check (see `amosc backends`); any but 'reference' is compared with the "
+                   "reference simulator spike for spike. Default: without --onnx, 'lava' (Lava's fast style, an "
+                   "independent implementation of the IR's dynamics); with --onnx, 'reference' (onnxruntime "
+                   "and the level-1 integer check).")
 @click.option("--interval", default=1, show_default=True, type=click.IntRange(1),
               help="Steps between inputs when comparing a backend with the reference spike for spike.")
 @click.option("--min-agreement", default=0.99, show_default=True, type=click.FloatRange(0, 1),
@@ -232,6 +236,8 @@ def validate(program, onnx_path, inp, labels, backend, interval, min_agreement, 
     from .fileio import atomic_write, check_output
     from .ir.serialize import load
     from .validate import compare_spikes, validate as run_validation
+    if backend is None:
+        backend = "reference" if onnx_path else "lava"
     if not onnx_path and backend == "reference":
         raise AmoscError("nothing to validate: give --onnx MODEL, or a --backend other than 'reference' "
                          "to compare it with the reference spike for spike")

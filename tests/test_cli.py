@@ -198,9 +198,17 @@ def test_limit_uses_the_first_inputs(files):
 
 
 def test_validate_needs_something_to_compare(files):
+    """Without --onnx, validate checks the independent Lava implementation against the reference
+    spike for spike (or fails naming why it cannot); the reference alone has nothing to compare."""
+    from amosc.backends.lava._compat import lava_problem
     d, model = files
     invoke("compile", model, "--calib", d / "calib.npy", "-o", d / "m.amos")
-    r = CliRunner().invoke(main, ["validate", str(d / "m.amos"), "-i", str(d / "x.npy")])
+    r = CliRunner().invoke(main, ["validate", str(d / "m.amos"), "-i", str(d / "x.npy"), "--limit", "3"])
+    if lava_problem() is None:
+        assert r.exit_code == 0 and "backend 'lava' vs reference" in r.output and "EQUAL" in r.output, r.output
+    else:
+        assert r.exit_code == 2 and "'lava' is not usable" in r.output, r.output
+    r = CliRunner().invoke(main, ["validate", str(d / "m.amos"), "-i", str(d / "x.npy"), "--backend", "reference"])
     assert r.exit_code == 2 and "nothing to validate" in r.output
 
 
