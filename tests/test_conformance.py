@@ -317,9 +317,10 @@ def codes(draw, nonbinary, spread):
 @st.composite
 def programs(draw, nonbinary=True, compartments=True):
     """A small random program: an input (flat or (C, H, W)), 1-3 gate populations, each fed by
-    its predecessor (conv, dense or sparse) and maybe by an earlier population or a second
-    projection from the same source (max-join compartments, binary or arbitrary codes, random
-    biases, exponents and extra delays), and a readout. Each gate's bias and code are fitted
+    its predecessor (conv with strides, pads, dilations and groups; dense; sparse) and maybe
+    by an earlier population or a second projection from the same source (max-join
+    compartments, binary or arbitrary codes, random biases, exponents and extra delays), and
+    a readout. Each gate's bias and code are fitted
     to its level-1 input on the drawn inputs x so that codes are neither all silent nor all
     saturated (on K >= 2 ADC gates about 40% intermediate, 12% saturated, 47% silent).
     Returns (program, x, interval)."""
@@ -354,18 +355,20 @@ def programs(draw, nonbinary=True, compartments=True):
         m = ints(1, 2) if compartments else 1
         name = f"g{i}"
         if len(src.shape) == 3 and draw(st.booleans()):
-            kh, kw, s = ints(1, 2), ints(1, 2), ints(1, 2)
+            kh, kw, s, dil = ints(1, 2), ints(1, 2), ints(1, 2), ints(1, 2)
             pads = tuple(ints(0, 1) for _ in range(4))
-            hw = conv_output_hw(src.shape[1:], (kh, kw), (s, s), pads, (1, 1))
+            hw = conv_output_hw(src.shape[1:], (kh, kw), (s, s), pads, (dil, dil))
             if min(hw) < 1:
-                hw, pads, s = conv_output_hw(src.shape[1:], (kh, kw), (1, 1), (1, 1, 1, 1), (1, 1)), \
-                    (1, 1, 1, 1), 1
+                s, dil, pads = 1, 1, (1, 1, 1, 1)
+                hw = conv_output_hw(src.shape[1:], (kh, kw), (s, s), pads, (dil, dil))
             c_out = ints(1, 2)
+            groups = src.shape[0] if (c_out * m) % src.shape[0] == 0 and draw(st.booleans()) else 1
             in_shape = (c_out * m, *hw)
-            w = np.stack([weights(src.shape[0], kh * kw).reshape(src.shape[0], kh, kw) for _ in range(c_out * m)])
+            cig = src.shape[0] // groups
+            w = np.stack([weights(cig, kh * kw).reshape(cig, kh, kw) for _ in range(c_out * m)])
             first = Projection(f"{src.name}->{name}", src.name, name, "conv", w, exps(c_out * m, src),
                                tuple(src.shape), in_shape,
-                               {"strides": (s, s), "pads": pads, "dilations": (1, 1), "groups": 1})
+                               {"strides": (s, s), "pads": pads, "dilations": (dil, dil), "groups": groups})
             shape = (c_out, *hw)
         else:
             shape = (ints(1, 4),) if draw(st.booleans()) or len(src.shape) == 1 else (1, 2, 2)

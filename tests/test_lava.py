@@ -76,6 +76,43 @@ def test_fast_style_spike_for_spike(tmp_path, kind, bits):
     assert_spike_equal(program, res, simulate(program, x, record=True))
 
 
+def test_fast_style_models_do_not_import_amosc():
+    """The fast style is an independent implementation of docs/ir.md: its process models share
+    the programs' data with amosc, not code (no reference simulator, no semantics helpers)."""
+    import ast
+    import amosc.backends.lava.procs as procs
+    folder = os.path.dirname(procs.__file__)
+    for fn in sorted(os.listdir(folder)):
+        if fn.endswith(".py"):
+            tree = ast.parse(open(os.path.join(folder, fn)).read())
+            names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+            names += [("." * n.level) + (n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+            assert not [m for m in names if m.startswith(("amosc", "."))], (fn, names)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_fast_style_conv_matrix_is_the_onnx_cross_correlation(seed):
+    """The fast style builds each conv's integer matrix itself (strides, asymmetric pads,
+    dilations, groups); on integer inputs it equals the ONNX Conv (semantics.conv2d)."""
+    from amosc.backends.lava.procs.amos import conv_matrix
+    from amosc.ir.semantics import conv2d, conv_output_hw
+    rng = np.random.default_rng(seed)
+    g = int(rng.choice([1, 2, 3]))
+    ci, co = g * int(rng.integers(1, 3)), g * int(rng.integers(1, 3))
+    ho = wo = 0
+    while min(ho, wo) < 1:
+        h, w = int(rng.integers(1, 7)), int(rng.integers(1, 7))
+        k, st, dl = rng.integers(1, 4, 2), rng.integers(1, 3, 2), rng.integers(1, 3, 2)
+        pads = tuple(int(p) for p in rng.integers(0, 3, 4))
+        ho, wo = conv_output_hw((h, w), k, st, pads, dl)
+    wt = (rng.integers(-128, 128, (co, ci // g, *k)) * (rng.random((co, ci // g, *k)) < 0.7)).astype(np.int8)
+    attrs = {"strides": tuple(st), "pads": pads, "dilations": tuple(dl), "groups": g}
+    m = conv_matrix(wt, (ci, h, w), (co, ho, wo), attrs)
+    x = rng.integers(-3, 4, (ci, h, w))
+    want = conv2d(x[None], wt, tuple(st), pads, tuple(dl), g)[0]
+    np.testing.assert_array_equal((m @ x.reshape(-1)).reshape(co, ho, wo), np.rint(want).astype(np.int64))
+
+
 @pytest.mark.parametrize("kind,bits,n", [("mlp", 3, 10), ("relu6_mlp", 2, 6), ("cnn_res_avg", 2, 3),
                                          ("gates_mlp", 3, 4), ("maxpool_cnn", 2, 3)])
 def test_loihi_style_spike_for_spike(tmp_path, kind, bits, n):

@@ -8,18 +8,20 @@ program's data layout (a population's shape, start, code, bias; a projection's
 weights, exponents, kind, attributes and shapes) and compute every step from
 docs/ir.md with their own integer state, declared as Lava Vars with their precision:
 
-- :class:`AmosSynapses` (a projection): its integer weight matrix, built once as a
-  scipy CSR from the conv / dense / sparse layout; each step one sparse product of the
-  source's K spike planes, then per plane ``floor(d_j * (M @ z_j) * 2^e[c])`` by integer
-  shifts, added to a ring buffer of pending arrivals (``delay_line``) at ``t + 1 + d_j``
+- :class:`AmosSynapses` (a projection): its integer weight matrix M, built once as a
+  scipy sparse matrix (CSC) from the conv / dense / sparse layout; each step, for each
+  source plane j that spiked, ``M @ z_j`` as the integer sum of the columns of the units
+  that fired, then ``floor(d_j * (M @ z_j) * 2^e[c])`` by integer shifts, added to a ring buffer of pending arrivals (``delay_line``) at ``t + 1 + d_j``
   (d_j = start(target) - start(source) - j - 1). Like Lava's Dense it sends first and
   receives after, so a hop takes one step.
 - :class:`AmosUnits`: a gate's K units. ``inputs`` is a ring of the last K steps'
   synaptic input (compartments joined by max on arrival): unit k reads the row of
   t - k, its copy of the synapses being delayed k more. ``inhibition`` is a ring of
   pending inhibition, unit j's spike at t arriving at unit k > j at t + k - j with
-  weight -h_j. The bias is gated as on Loihi: the unit holds ``b - E`` and a
-  per-population clock's enable of weight E arrives with the input. Unit k fires when
+  weight -h_j. The bias is gated as on Loihi: the unit holds ``b - E``
+  (E = 2^8 (floor(b / 2^8) + 1)) and the enable of weight E arrives with the input of a
+  scheduled evaluation (input s at unit k: step start + s * interval + k); a unit that
+  fires without it is counted as spurious. Unit k fires when
   ``v >= T_k`` (Lava's LIF: ``v > vth`` with vth = T_k - 1). A readout adds its bias to
   the input of its scheduled steps.
 
@@ -63,45 +65,54 @@ def _offsets(src, tgt) -> list:
 # Weight matrices from the projection layouts (built once per process)
 # ---------------------------------------------------------------------------
 
-def conv_matrix(w: np.ndarray, in_shape, out_shape, attrs) -> sp.csr_matrix:
+def conv_matrix(w: np.ndarray, in_shape, out_shape, attrs) -> sp.csc_matrix:
     """The (C_out*Ho*Wo, C_in*H*W) integer matrix of an ONNX Conv (cross-correlation):
     out[o, y, x] += w[o, c, ky, kx] * in[g*C_in/g + c, y*sh - pt + ky*dh, x*sw - pl + kx*dw]
-    with g = o // (C_out/groups), zero outside the input (padding)."""
-    co, cig, _, _ = w.shape
+    with g = o // (C_out/groups), zero outside the input (padding). Built tap by tap: for
+    kernel tap (ky, kx), the output positions whose input lies inside the image, times the
+    (o, c) pairs whose weight at that tap is not zero."""
+    co, cig, kh, kw = w.shape
     ci, h, wd = in_shape
     _, ho, wo = out_shape
     (sh, sw), (pt, pl, _, _), (dh, dw) = attrs["strides"], attrs["pads"], attrs["dilations"]
     cog = co // attrs["groups"]
-    o, c, ky, kx = np.nonzero(w)          # one tap per non-zero weight
-    vals = w[o, c, ky, kx].astype(np.int64)
-    cin = (o // cog) * cig + c
-    iy = np.arange(ho)[None, :] * sh - pt + ky[:, None] * dh      # (taps, Ho)
-    ix = np.arange(wo)[None, :] * sw - pl + kx[:, None] * dw      # (taps, Wo)
+    idx = np.int32 if max(co * ho * wo, ci * h * wd) < 2**31 else np.int64
     rows, cols, data = [], [], []
-    for a in range(0, len(o), 4096):       # chunks bound the temporaries
-        b = slice(a, a + 4096)
-        ok = ((iy[b] >= 0) & (iy[b] < h))[:, :, None] & ((ix[b] >= 0) & (ix[b] < wd))[:, None, :]
-        r = (o[b, None, None] * ho + np.arange(ho)[None, :, None]) * wo + np.arange(wo)[None, None, :]
-        q = (cin[b, None, None] * h + iy[b][:, :, None]) * wd + ix[b][:, None, :]
-        rows.append(r[ok])
-        cols.append(q[ok])
-        data.append(np.broadcast_to(vals[b, None, None], ok.shape)[ok])
+    for ky in range(kh):
+        iy = np.arange(ho, dtype=idx) * sh - pt + ky * dh
+        oy = np.flatnonzero((iy >= 0) & (iy < h)).astype(idx)
+        for kx in range(kw):
+            ix = np.arange(wo, dtype=idx) * sw - pl + kx * dw
+            ox = np.flatnonzero((ix >= 0) & (ix < wd)).astype(idx)
+            o, c = (v.astype(idx) for v in np.nonzero(w[:, :, ky, kx]))
+            if oy.size == 0 or ox.size == 0 or o.size == 0:
+                continue
+            out_pos = (oy[:, None] * wo + ox[None, :]).reshape(-1)                  # within a channel
+            in_pos = (iy[oy][:, None] * wd + ix[ox][None, :]).reshape(-1)
+            cin = (o // cog) * cig + c
+            rows.append((o[:, None] * (ho * wo) + out_pos[None, :]).reshape(-1))
+            cols.append((cin[:, None] * (h * wd) + in_pos[None, :]).reshape(-1))
+            data.append(np.repeat(w[o, c, ky, kx].astype(np.int32), out_pos.size))
     shape = (co * ho * wo, ci * h * wd)
     if not rows:
-        return sp.csr_matrix(shape, dtype=np.int64)
-    m = sp.coo_matrix((np.concatenate(data), (np.concatenate(rows), np.concatenate(cols))), shape=shape)
-    return m.tocsr()
+        return sp.csc_matrix(shape, dtype=np.int32)
+    # one entry per (row, column), none zero: no duplicates to sum, no zeros to drop
+    return sp.csc_matrix((np.concatenate(data), (np.concatenate(rows), np.concatenate(cols))), shape=shape)
 
 
-def weight_matrix(proj) -> sp.csr_matrix:
-    """The projection's integer mantissa matrix M (targets x sources), int64 CSR."""
+def weight_matrix(proj) -> sp.csc_matrix:
+    """The projection's integer mantissa matrix M (targets x sources), int32 CSC: a step
+    adds up the columns of the sources that spiked."""
     n_out, n_in = _size(proj.out_shape), _size(proj.in_shape)
     if proj.kind == "conv":
         m = conv_matrix(np.asarray(proj.weight), proj.in_shape, proj.out_shape, proj.attrs)
+        if m.shape != (n_out, n_in):
+            raise ValueError(f"projection {proj.name!r}: weight matrix {m.shape} != ({n_out}, {n_in})")
+        return m
     elif proj.kind == "dense":
-        m = sp.csr_matrix(np.asarray(proj.weight, dtype=np.int64))
+        m = sp.csc_matrix(np.asarray(proj.weight, dtype=np.int32))
     elif proj.kind == "sparse":
-        m = sp.csr_matrix(proj.weight, dtype=np.int64)
+        m = sp.csc_matrix(proj.weight, dtype=np.int32)
     else:
         raise ValueError(f"projection {proj.name!r}: unknown kind {proj.kind!r}")
     if m.shape != (n_out, n_in):
@@ -153,8 +164,7 @@ class PyAmosSynapsesModel(PyLoihiProcessModel):
     def __init__(self, proc_params):
         super().__init__(proc_params)
         proj, src, tgt = proc_params["proj"], proc_params["src"], proc_params["tgt"]
-        # by source column: a step adds up the columns of the sources that spiked
-        self.columns = weight_matrix(proj).tocsc()
+        self.columns = weight_matrix(proj)
         self.d = [int(d) for d in src.code.weights]
         self.k_src, self.n_src = len(self.d), _size(src.shape)
         self.offsets = _offsets(src, tgt)
