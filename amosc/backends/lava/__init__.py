@@ -6,9 +6,9 @@ Two lowering styles (docs/lava.md):
   (:mod:`.procs.amos`), fixed-point models that implement docs/ir.md's dynamics
   themselves (integer sparse weight matrices, delay-line ring buffers, gated units),
   independently of amosc's simulators: they share only the program's data; quick on CPU.
-- ``loihi``: standard Lava processes only (RingBuffer, LIFReset, DelaySparse,
-  Monitor), the form that maps onto Loihi; one process per unit position and per
-  synapse plane, so it suits small programs (:mod:`.loihi`).
+- ``loihi``: standard Lava processes only (RingBuffer, LIFReset, GradedVec, Sparse,
+  DelaySparse, Monitor), the form that maps onto Loihi; a handful of processes per
+  population and one per projection plane shift (:mod:`.loihi`).
 
 Lava always runs one lane: inputs enter every ``interval`` steps (default 1, the
 pipelined throughput of memoryless AMOS units).
@@ -127,14 +127,14 @@ def to_lava(program, x: np.ndarray, style: str = "fast", interval: int = 1, dump
     codes = encode_input(program.input_pop, x)
     interval = max(int(interval), 1)
     steps = (codes.shape[0] - 1) * interval + program.latency
-    if style == "loihi":
+    if style == "loihi":  # its own schedule (loihi.schedule): a few steps more per layer
         from . import loihi, network
         p = loihi.plan(program)
-        procs, sinks, monitors = network.build(p, codes, interval, steps)
-        procs.update({f"sink:{k}": v for k, v in sinks.items()})
+        steps = (codes.shape[0] - 1) * interval + p["latency"]
+        procs, extractors, monitors = network.build(p, codes, interval, steps)
+        procs.update({f"extractor:{k}": v for k, v in extractors.items()})
         procs.update({f"monitor:{k}": v for k, v in monitors.items()})
-        return LavaGraph(procs, [procs[f"{program.input}#p{j}"] for j in range(program.input_pop.bits)],
-                         procs[program.output], steps, style)
+        return LavaGraph(procs, [procs[program.input]], procs[program.output], steps, style)
     if style != "fast":
         raise BackendError(f"unknown Lava style {style!r}; choose one of {STYLES}")
     from lava.proc.io.source import RingBuffer
@@ -169,15 +169,7 @@ class LavaBackend(Backend):
         interval = max(int(interval), 1)
         n = x.shape[0]
         if self.style == "loihi":
-            from .loihi import result_from_lava
-            g = to_lava(program, x, "loihi", interval)
-            with g:
-                g.run()
-                rasters = {k[5:]: np.asarray(v.data.get(), np.uint8)
-                           for k, v in g.processes.items() if k.startswith("sink:")}
-                v = g.processes[f"monitor:{program.output}"].get_data()[program.output]["v"]
-            return result_from_lava(program, encode_input(program.input_pop, x), interval, rasters, v,
-                                    g.steps, record)
+            return _run_loihi(program, x, interval, record)
         g = to_lava(program, x, "fast", interval)
         try:
             with g:
@@ -202,8 +194,42 @@ class LavaBackend(Backend):
                          extra={"spurious_spikes": spurious, "style": "fast"})
 
 
+class _Guarded:
+    """network.Runner with this backend's hygiene: a failing run is a BackendError and the
+    runtime is stopped once, with a timeout."""
+
+    def __init__(self):
+        self.stopped = False
+
+    def run(self, anchor, steps):
+        from .network import run_config
+        try:
+            run_guarded(anchor, steps, run_config())
+        except BackendError:
+            self.stopped = True  # run_guarded stopped it
+            raise
+
+    def stop(self, anchor):
+        if not self.stopped:
+            self.stopped = True
+            _stop(anchor)
+
+
+def _run_loihi(program, x, interval, record) -> RunResult:
+    install()
+    why = lava_problem()
+    if why:
+        raise BackendError(why)
+    from ...ir.semantics import encode_input
+    from . import loihi, network
+    p = loihi.plan(program, record=record)
+    codes = encode_input(program.input_pop, x)
+    y, rasters, steps = network.run(p, codes, interval, record=record, runner=_Guarded())
+    return loihi.result_from_lava(program, p, codes, interval, y, rasters, steps, record)
+
+
 class LavaLoihiBackend(LavaBackend):
     name = "lava-loihi"
     style = "loihi"
     description = ("Lava 0.10 bit-accurate Loihi simulator, standard processes only "
-                   "(LIFReset, DelaySparse, RingBuffer; 'loihi' style, small programs)")
+                   "(LIFReset, GradedVec, Sparse, DelaySparse, RingBuffer; 'loihi' style)")

@@ -4,19 +4,24 @@ This module is deliberately standalone (numpy, scipy and lava-nc public APIs, no
 amosc imports): ``amosc export --target lava`` copies it verbatim next to the
 plan's parameters, so the exported program runs wherever lava-nc runs.
 
-A plan is a dict with ``processes`` (a list of specs) and ``connections``.
-Spec types (all integers are Loihi fixed-point values):
+A plan is a dict with ``processes`` (a list of specs), ``connections`` (pairs of
+names: spikes or synaptic output from the first into the second; a synapse process may
+feed several neuron processes, which then all receive its output) and the timing of its
+``populations``. Spec types (all integers are Loihi fixed-point values):
 
-- ``input_plane``: a RingBuffer source spiking bit ``plane`` of each input's code
-  at step ``i * interval + plane`` (input i);
-- ``clock``: a RingBuffer source (one neuron) spiking at ``i * interval + at``;
-- ``lif``: LIFReset(reset_interval=1, du=dv=0): a memoryless threshold unit that
-  fires when ``a_in + bias_mant >= vth + 1`` (bias_exp 6 aligns bias with input);
-  ``record`` adds a sink that records its spikes, ``probe_v`` a Monitor on v;
-- ``synapses``: DelaySparse with mixed-sign 8-bit weights (given doubled, as Lava
-  stores them), ``weight_exp`` and one uniform ``delay`` (0..63).
+- ``input``: a RingBuffer of ``bits * n`` neurons; row ``k * n + i`` spikes bit k (MSB
+  first) of input s's code for element i at step ``s * interval + at``;
+- ``clock``: a RingBuffer whose neuron m spikes at ``s * interval + at[m]`` for every input s;
+- ``lif``: LIFReset(reset_interval=1, du=dv=0, bias_exp=6): a memoryless threshold unit
+  that fires when ``a_in + bias_mant > vth``; ``record`` adds an Extractor that streams
+  its spikes to the host, ``probe_v`` a Monitor on v;
+- ``graded``: GradedVec(vth=0): sends its summed input as a graded spike in the same step;
+- ``synapses``: Sparse (DelaySparse when ``delays`` is given: one delay, 0..63, per stored
+  weight) with mixed-sign 8-bit weights given doubled, as Lava stores them, and
+  ``weight_exp``; ``graded`` ones carry 24-bit payloads.
 
-Step t of the amosc IR is Lava time step t + 1; a RingBuffer column t is sent at t + 1.
+Step t of the plan is Lava time step t + 1; a RingBuffer column t is sent at t + 1, and
+every synapse hop takes one step plus its delay.
 """
 
 from __future__ import annotations
@@ -30,82 +35,126 @@ import scipy.sparse as sp
 
 
 def source_data(spec: dict, codes: np.ndarray, interval: int, steps: int) -> np.ndarray:
-    """The (n, steps) spike matrix of an input_plane or clock source."""
+    """The (size, steps) spike matrix of an ``input`` or ``clock`` source."""
     n_items = codes.shape[0]
-    if spec["type"] == "input_plane":
-        bits, plane = spec["bits"], spec["plane"]
-        flat = codes.reshape(n_items, -1)
-        data = np.zeros((flat.shape[1], steps), np.int32)
-        for i in range(n_items):
-            data[:, i * interval + plane] = (flat[i] >> (bits - 1 - plane)) & 1
+    cols = np.arange(n_items) * interval
+    if spec["type"] == "input":
+        bits = int(spec["bits"])
+        flat = np.asarray(codes, np.int64).reshape(n_items, -1)
+        planes = np.stack([(flat >> (bits - 1 - k)) & 1 for k in range(bits)], 1)  # (N, K, n)
+        data = np.zeros((int(spec["size"]), steps), np.int32)
+        data[:, cols + int(spec["at"])] = planes.reshape(n_items, -1).T
         return data
-    data = np.zeros((1, steps), np.int32)
-    for i in range(n_items):
-        data[0, i * interval + spec["at"]] = 1
+    at = np.asarray(spec["at"], np.int64)
+    data = np.zeros((at.size, steps), np.int32)
+    t = cols[None, :] + at[:, None]
+    rows = np.broadcast_to(np.arange(at.size)[:, None], t.shape)
+    ok = (t >= 0) & (t < steps)
+    data[rows[ok], t[ok]] = 1
     return data
 
 
-def build(plan: dict, codes: np.ndarray, interval: int, steps: int):
-    """Instantiate the processes and connections; returns (processes by name, sinks, monitors)."""
-    from lava.proc.dense.process import DelayDense  # noqa: F401  (imported for users' reference)
-    from lava.proc.io.sink import RingBuffer as Sink
+def _synapses(spec: dict):
+    from lava.proc.sparse.process import DelaySparse, Sparse
+    from lava.utils.weightutils import SignMode
+    shape = tuple(int(v) for v in spec["shape"])
+    pattern = (np.asarray(spec["indices"]), np.asarray(spec["indptr"]))
+    w = sp.csr_matrix((np.asarray(spec["data"], np.int32), *pattern), shape=shape)
+    kw = dict(weight_exp=int(spec["weight_exp"]), num_weight_bits=8, sign_mode=SignMode.MIXED,
+              num_message_bits=24 if spec.get("graded") else 0, name=spec["name"])
+    if spec.get("delays") is None:
+        return Sparse(weights=w, **kw)
+    d = sp.csr_matrix((np.asarray(spec["delays"], int), *pattern), shape=shape)
+    return DelaySparse(weights=w, delays=d, max_delay=int(d.data.max(initial=0)), **kw)
+
+
+def build(plan: dict, codes: np.ndarray, interval: int, steps: int, record: bool = True, buffer: int = 0):
+    """Instantiate the processes and connections; returns (processes by name, extractors of
+    the recorded unit processes (each buffering ``buffer`` steps, all of them by default),
+    monitors)."""
+    import warnings
+    from lava.proc.graded.process import GradedVec
+    from lava.proc.io.extractor import Extractor
     from lava.proc.io.source import RingBuffer as Source
     from lava.proc.lif.process import LIFReset
     from lava.proc.monitor.process import Monitor
-    from lava.proc.sparse.process import DelaySparse
-    from lava.utils.weightutils import SignMode
 
-    import warnings
     warnings.filterwarnings("ignore", category=sp.SparseEfficiencyWarning)  # from lava's DelaySparse
-    procs, sinks, monitors = {}, {}, {}
+    procs, extractors, monitors = {}, {}, {}
     for spec in plan["processes"]:
         kind, name = spec["type"], spec["name"]
-        if kind in ("input_plane", "clock"):
+        if kind in ("input", "clock"):
             procs[name] = Source(data=source_data(spec, codes, interval, steps))
         elif kind == "lif":
-            p = LIFReset(shape=(int(spec["size"]),), vth=int(spec["vth"]),
-                         bias_mant=np.asarray(spec["bias_mant"], np.int32), bias_exp=6,
+            size = int(spec["size"])
+            bias = np.broadcast_to(np.asarray(spec["bias_mant"], np.int32), (size,)).copy()
+            p = LIFReset(shape=(size,), vth=int(spec["vth"]), bias_mant=bias, bias_exp=6,
                          du=0, dv=0, reset_interval=1, name=name)
             procs[name] = p
-            if spec.get("record"):
-                sinks[name] = Sink(shape=(int(spec["size"]),), buffer=steps)
-                p.s_out.connect(sinks[name].a_in)
+            if record and spec.get("record"):
+                extractors[name] = Extractor(shape=(size,), buffer_size=max(int(buffer or steps), 1))
+                p.s_out.connect(extractors[name].in_port)
             if spec.get("probe_v"):
                 m = Monitor()
                 m.probe(p.v, steps)
                 monitors[name] = m
+        elif kind == "graded":
+            procs[name] = GradedVec(shape=(int(spec["size"]),), vth=0)
         elif kind == "synapses":
-            w = sp.csr_matrix((spec["data"], spec["indices"], spec["indptr"]), shape=tuple(spec["shape"]))
-            procs[name] = DelaySparse(weights=w, delays=int(spec["delay"]), weight_exp=int(spec["weight_exp"]),
-                                      num_weight_bits=8, sign_mode=SignMode.MIXED, name=name)
+            procs[name] = _synapses(spec)
         else:
             raise ValueError(f"unknown process spec type {kind!r}")
     for src, dst in plan["connections"]:
         a, b = procs[src], procs[dst]
         (a.a_out if hasattr(a, "a_out") else a.s_out).connect(b.s_in if hasattr(b, "s_in") else b.a_in)
-    return procs, sinks, monitors
+    return procs, extractors, monitors
 
 
-def run(plan: dict, codes: np.ndarray, interval: int = 1):
-    """Run the plan on integer input codes (N, *input_shape), one input every
-    ``interval`` steps. Returns (readout values (N, classes) int64, spike rasters
-    {unit process name: (size, steps) uint8}, steps). The runtime is always stopped."""
-    from lava.magma.core.run_conditions import RunSteps
+def run_config():
+    """Lava's bit-accurate CPU simulation (the Extractor's model carries no tag). On Loihi
+    hardware this is where Loihi2HwCfg goes instead."""
     from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.io.extractor import Extractor, PyLoihiExtractorModel
+    return Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map={Extractor: PyLoihiExtractorModel})
 
+
+class Runner:
+    """How :func:`run` drives Lava: ``run(anchor, steps)`` runs that many more steps and
+    ``stop(anchor)`` stops the runtime (called once, also after a failure)."""
+
+    def run(self, anchor, steps: int):
+        from lava.magma.core.run_conditions import RunSteps
+        anchor.run(condition=RunSteps(num_steps=steps), run_cfg=run_config())
+
+    def stop(self, anchor):
+        anchor.stop()
+
+
+def run(plan: dict, codes: np.ndarray, interval: int = 1, record: bool = False, chunk: int = 16,
+        runner: Runner = None):
+    """Run the plan on integer input codes (N, *input_shape), one input every ``interval``
+    steps. Returns (readout values (N, classes) int64, spike rasters {recorded unit process:
+    (size, steps) uint8}, empty unless ``record``, steps). The runtime is always stopped;
+    recorded spikes are streamed out every ``chunk`` steps."""
     n = codes.shape[0]
     steps = (n - 1) * interval + int(plan["latency"])
-    procs, sinks, monitors = build(plan, codes, interval, steps)
+    chunk = max(min(int(chunk), steps), 1) if record else steps
+    procs, extractors, monitors = build(plan, codes, interval, steps, record=record, buffer=chunk)
     anchor = procs[plan["readout"]]
-    started = False
+    runner = runner or Runner()
+    cols = {k: [] for k in extractors}
     try:
-        started = True
-        anchor.run(condition=RunSteps(num_steps=steps), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
-        rasters = {k: np.asarray(s.data.get(), np.uint8) for k, s in sinks.items()}
+        done = 0
+        while done < steps:
+            c = min(chunk, steps - done)
+            runner.run(anchor, c)
+            for k, ex in extractors.items():
+                cols[k] += [np.asarray(ex.receive(), np.uint8) for _ in range(c)]
+            done += c
         v = monitors[plan["readout"]].get_data()[plan["readout"]]["v"]
     finally:
-        if started:
-            anchor.stop()
+        runner.stop(anchor)
+    rasters = {k: np.stack(c, axis=1) for k, c in cols.items()}
     v = np.asarray(v, np.int64).reshape(steps, -1)  # (steps, classes), v = synaptic input << 6
     start = int(plan["readout_start"])
     rows = [i * interval + start for i in range(n)]
