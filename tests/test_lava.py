@@ -161,14 +161,98 @@ def test_mismatch_names_population_neuron_step_and_values(tmp_path):
     assert f"neuron 3" in rep.render() and "time step" in rep.render()
 
 
-def test_loihi_constraints_are_compile_time_errors(tmp_path):
-    program, _ = compiled(tmp_path, "mlp", 3)
+def test_loihi_style_relays_delays_beyond_63_steps(tmp_path):
+    """A readout scheduled 70 steps late needs a 70-step delay from its sources: graded relay
+    neurons every 64 steps instead of an error, spike for spike and integer for integer."""
+    program, x = compiled(tmp_path, "mlp", 3)
     out = program.output_pop
     pops = [replace(p, start=p.start + 70) if p is out else p for p in program.populations]
     late = Program(pops, program.projections, program.input, program.output)
-    from amosc.backends.lava.loihi import plan
-    with pytest.raises(RangeError, match=r"projection .*->output.*delay of \d+ steps; Loihi allows 0..63"):
-        plan(late)
+    from amosc.backends.lava.loihi import MAX_DELAY, plan
+    p = plan(late)
+    delays = [int(s["delays"].max()) for s in p["processes"] if s.get("delays") is not None]
+    assert max(delays) <= MAX_DELAY
+    assert any(s["name"].endswith("#relay0") for s in p["processes"])
+    assert p["latency"] >= late.latency
+    res = get_backend("lava-loihi").run(late, x[:3], record=True, interval=1)
+    assert_spike_equal(late, res, simulate(late, x[:3], record=True))
+
+
+def test_weights_split_into_fewest_exponent_groups():
+    from amosc.backends.lava.loihi import exponent_groups
+    w = np.array([0, -8192, 4096, 64, 2, 127 * 4, -1, 200])
+    groups = exponent_groups(w, "here")
+    covered = np.zeros(w.size, bool)
+    for x, mask in groups:
+        m = w[mask] // 2**x
+        assert np.all(m * 2**x == w[mask]) and m.min() >= -128 and m.max() <= 127
+        assert not (covered & mask).any()
+        covered |= mask
+    assert np.array_equal(covered, w != 0)
+    assert [x for x, _ in groups] == [0, 2, 8]  # {-1, 2, 64}, {508, 200}, {4096, -8192}
+    with pytest.raises(RangeError, match=r"here: weight 381 is not an 8-bit mantissa"):
+        exponent_groups(np.array([127 * 3]), "here")
+
+
+def test_plan_conv_matrix_is_the_onnx_cross_correlation():
+    from amosc.backends.lava.network import conv_matrix
+    from amosc.compiler.linear import Conv
+    from amosc.ir.semantics import conv_output_hw
+    rng = np.random.default_rng(0)
+    for groups, k, strides, pads, dil in [(1, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+                                         (2, (3, 2), (2, 1), (1, 0, 2, 1), (2, 1)),
+                                         (4, (1, 1), (1, 2), (0, 0, 0, 0), (1, 1))]:
+        w = rng.integers(-3, 4, (4, 4 // groups, *k))
+        hw = conv_output_hw((7, 6), k, strides, pads, dil)
+        a = Conv((4, 7, 6), (4, *hw), w.astype(float), strides=strides, pads=pads, dilations=dil,
+                 groups=groups).to_sparse()
+        b = conv_matrix(w, (4, 7, 6), (4, *hw), strides, pads, dil, groups)
+        assert a.shape == b.shape and abs(a - b).max() == 0
+
+
+@pytest.fixture(scope="module")
+def example_k4():
+    root = os.path.join(os.path.dirname(__file__), "..", "examples", "fmnist_resnet")
+    calib = np.load(os.path.join(root, "calib.npy"))[:128]
+    program = amosc.compile(os.path.join(root, "model.onnx"), calib, bits=4)
+    return program, np.load(os.path.join(root, "test_x.npy"))[:2]
+
+
+def test_loihi_process_count_grows_with_populations_and_projections(example_k4):
+    """The example's plan: at most 14 processes per population (the recorded unit LIFReset,
+    its graded accumulator and chain, realignment, enable/inhibition groups, sinks) plus, per
+    projection, one Sparse per plane shift (K_source + distinct exponents - 1); no K^2 term."""
+    from amosc.backends.lava.loihi import plan, process_count
+    program, _ = example_k4
+    p = plan(program)
+    per_proj = 0
+    for proj in program.projections:
+        live = np.any(np.asarray(proj.weight).reshape(proj.out_shape[0], -1) != 0, axis=1)
+        if live.any():
+            per_proj += program.pop(proj.source).code.bits + len(np.unique(proj.exp[live])) - 1
+    n_proc = process_count(p)["total"]
+    assert n_proc <= 14 * len(program.populations) + per_proj
+    assert n_proc < 150  # the unit-per-process lowering needed thousands
+
+
+def test_plan_synapse_count_is_what_lava_gets(tmp_path):
+    from amosc.backends.lava import network
+    from amosc.backends.lava.loihi import plan, synapse_count
+    program, _ = compiled(tmp_path, "cnn_res_avg", 3)
+    p = plan(program)
+    n = 0
+    for s in p["processes"]:
+        if "matrix" in s:
+            n += network.plane_weights(s, network.matrix(p["matrices"][s["matrix"]])).nnz
+        elif s["type"] == "synapses":
+            n += len(s["data"])
+    assert synapse_count(p) == n > 0
+
+
+def test_loihi_style_runs_the_example_spike_for_spike(example_k4):
+    program, x = example_k4
+    res = get_backend("lava-loihi").run(program, x, record=True, interval=1)
+    assert_spike_equal(program, res, simulate(program, x, record=True))
 
 
 def test_export_runs_under_plain_lava_and_matches(tmp_path):

@@ -130,6 +130,7 @@ def to_lava(program, x: np.ndarray, style: str = "fast", interval: int = 1, dump
     if style == "loihi":  # its own schedule (loihi.schedule): a few steps more per layer
         from . import loihi, network
         p = loihi.plan(program)
+        loihi.check_simulable(p)
         steps = (codes.shape[0] - 1) * interval + p["latency"]
         procs, extractors, monitors = network.build(p, codes, interval, steps)
         procs.update({f"extractor:{k}": v for k, v in extractors.items()})
@@ -223,6 +224,7 @@ def _run_loihi(program, x, interval, record) -> RunResult:
     from ...ir.semantics import encode_input
     from . import loihi, network
     p = loihi.plan(program, record=record)
+    loihi.check_simulable(p)
     codes = encode_input(program.input_pop, x)
     y, rasters, steps = network.run(p, codes, interval, record=record, runner=_Guarded())
     return loihi.result_from_lava(program, p, codes, interval, y, rasters, steps, record)

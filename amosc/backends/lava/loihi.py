@@ -39,6 +39,10 @@ WEIGHT_EXP_RANGE = (-8, 7)
 GRADED_LIMIT = 2**23 - 1
 #: The clock process shared by every population's enable synapses.
 CLOCK = "#clock"
+#: Most synapses a plan may hold to run on Lava's CPU simulator here: its Sparse models keep
+#: several int32 copies of every weight (~25 bytes per synapse in all; the example's 133M
+#: synapses peak at ~3 GB in the parent process).
+MAX_SIM_SYNAPSES = 400_000_000
 
 
 # ---------------------------------------------------------------------------
@@ -114,37 +118,44 @@ def _grouped(name, rows, cols, weights, shape, where, graded=False):
             for g, (x, mask) in enumerate(exponent_groups(w, where))]
 
 
-def _csr(proj) -> sp.csr_matrix:
-    """Integer weights M of a projection as a (F_out, F_in) CSR matrix."""
+def _matrix(proj):
+    """The plan's form of a projection's weight matrix M (a conv by its kernel) and which
+    output channels have any non-zero weight."""
     w = proj.weight
-    if sp.issparse(w):
-        m = sp.csr_matrix(w, dtype=np.int64, copy=True)  # sort_indices below must not touch the IR
-    elif proj.kind == "dense":
-        m = sp.csr_matrix(np.asarray(w, np.int64))
-    else:
-        from ...compiler.linear import Conv
-        c = Conv(tuple(proj.in_shape), tuple(proj.out_shape), np.asarray(w, np.float64), **proj.attrs)
-        m = c.to_sparse().tocsr()
-        m.data = np.rint(m.data)
-        m = sp.csr_matrix(m, dtype=np.int64)
+    if proj.kind == "conv":
+        a = proj.attrs
+        k = np.asarray(w, np.int64).reshape(w.shape[0], -1)
+        spec = {"kind": "conv", "weight": np.asarray(w, np.int8), "in_shape": list(proj.in_shape),
+                "out_shape": list(proj.out_shape), "strides": list(a["strides"]), "pads": list(a["pads"]),
+                "dilations": list(a["dilations"]), "groups": int(a.get("groups", 1))}
+        return spec, np.any(k != 0, axis=1)
+    m = sp.csr_matrix(w, dtype=np.int64, copy=True)  # never sort the IR's arrays in place
     m.eliminate_zeros()
     m.sort_indices()
-    return m
+    spec = {"kind": "csr", "data": m.data.astype(np.int8), "indices": m.indices.astype(np.int32),
+            "indptr": m.indptr.astype(np.int64), "shape": list(m.shape)}
+    rows = m.shape[0] // proj.out_shape[0]
+    return spec, np.diff(m.indptr).reshape(-1, rows).sum(1) > 0
 
 
-def _row_exp(proj, rows: int) -> np.ndarray:
-    return np.repeat(np.asarray(proj.exp, np.int64), rows // proj.out_shape[0])
-
-
-def _plane_bounds(m: sp.csr_matrix, row_exp, code) -> tuple[np.ndarray, np.ndarray]:
+def _bounds(proj, code) -> tuple[np.ndarray, np.ndarray]:
     """Per target neuron, (min, max) of a projection's contribution over every source code:
-    each plane's floor(d * sum * 2^e) bounded by its positive and negative row sums."""
-    pos = np.asarray(m.maximum(0).sum(1)).ravel().astype(np.int64)
-    neg = np.asarray(m.minimum(0).sum(1)).ravel().astype(np.int64)
-    lo = np.zeros_like(pos)
-    hi = np.zeros_like(pos)
+    each plane's floor(d * sum * 2^e) bounded by its positive and negative row sums (a conv
+    row by its full kernel, as verify does)."""
+    w = proj.weight
+    rows = int(np.prod(proj.out_shape))
+    if proj.kind == "conv":
+        k = np.asarray(w, np.int64).reshape(w.shape[0], -1)
+        per = rows // w.shape[0]
+        pos, neg = np.repeat(np.maximum(k, 0).sum(1), per), np.repeat(np.minimum(k, 0).sum(1), per)
+    else:
+        m = sp.csr_matrix(w, dtype=np.int64, copy=True)
+        pos = np.asarray(m.maximum(0).sum(1)).ravel().astype(np.int64)
+        neg = np.asarray(m.minimum(0).sum(1)).ravel().astype(np.int64)
+    e = np.repeat(np.asarray(proj.exp, np.int64), rows // proj.out_shape[0])
+    lo, hi = np.zeros(rows, np.int64), np.zeros(rows, np.int64)
     for d in code.weights:
-        a, b = floor_shift(pos * d, row_exp), floor_shift(neg * d, row_exp)
+        a, b = floor_shift(pos * d, e), floor_shift(neg * d, e)
         lo += np.minimum(a, b)
         hi += np.maximum(a, b)
     return lo, hi
@@ -193,7 +204,7 @@ def schedule(program: Program) -> tuple[dict, dict]:
 class _Plan:
     def __init__(self, program: Program, record: bool):
         self.p, self.record = program, record
-        self.procs, self.conns = [], []
+        self.procs, self.conns, self.matrices = [], [], {}
         self.sigma, self.ready = schedule(program)
         # the clock: neuron clock_first[P] + k spikes at sigma(P) + k - 1 (unit k's enable)
         self.clock_first, at = {}, []
@@ -321,28 +332,31 @@ class _Plan:
                  dst, source=src)
 
     def planes(self, proj, dst: str):
-        """One Sparse per distinct plane shift s = e[c] + K - 1 - j: rows of channels with
-        exponent e read plane j = e + K - 1 - s of the source's realigned spikes, mantissas M
-        at exponent s. Returns the (min, max) of the projection's input per target neuron."""
+        """One Sparse per distinct plane shift s = e[c] + K - 1 - j: output channel c (exponent
+        e) reads plane j = e + K - 1 - s of the source's realigned spikes, mantissas M at
+        exponent s. M is stored once per projection (plan["matrices"]; network.plane_weights
+        builds each process's weights). Returns the (min, max) of the projection's input."""
         src = self.p.pop(proj.source)
         code = src.code
         if not code.is_binary():
             raise RangeError(f"projection {proj.name}: the loihi style needs binary source codes")
         K, n_src = code.bits, self.size(src)
-        m = _csr(proj)
-        row_exp = _row_exp(proj, m.shape[0])
-        ent_row = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
-        ent_exp = row_exp[ent_row]
+        exp = np.asarray(proj.exp, np.int64)
+        spec, live = _matrix(proj)
         source = proj.source if K == 1 or isinstance(src, InputPop) else f"{proj.source}#out"
-        if m.nnz:
-            for s in range(int(ent_exp.min()), int(ent_exp.max()) + K):
-                j = ent_exp + K - 1 - s
-                sel = (j >= 0) & (j < K)
-                if sel.any():
-                    self.add(_syn(f"{proj.name}#s{s}", ent_row[sel], m.indices[sel] + j[sel] * n_src,
-                                  m.data[sel], (m.shape[0], K * n_src), s, f"projection {proj.name}"),
-                             dst, source=source)
-        return _plane_bounds(m, row_exp, code)
+        if live.any():
+            self.matrices[proj.name] = spec
+            for s in range(int(exp[live].min()), int(exp[live].max()) + K):
+                planes = exp + K - 1 - s
+                planes[~live | (planes < 0) | (planes >= K)] = -1
+                if (planes >= 0).any():
+                    if not WEIGHT_EXP_RANGE[0] <= s - 1 <= WEIGHT_EXP_RANGE[1]:
+                        raise RangeError(f"projection {proj.name}: weight exponent {s - 1} outside "
+                                         f"Loihi's {WEIGHT_EXP_RANGE}")
+                    self.add({"type": "synapses", "name": f"{proj.name}#s{s}", "matrix": proj.name,
+                              "planes": planes.astype(np.int32), "block": n_src, "blocks": K,
+                              "weight_exp": s - 1}, dst, source=source)
+        return _bounds(proj, code)
 
     # -- ranges ---------------------------------------------------------------
 
@@ -381,7 +395,7 @@ class _Plan:
         p, out = self.p, self.p.output_pop
         pops = [{"name": q.name, "start": int(self.sigma[q.name]), "bits": q.code.bits, "size": self.size(q)}
                 for q in p.populations if isinstance(q, GatePop)]
-        return {"processes": self.procs, "connections": self.conns, "latency": int(self.sigma[out.name]) + 1,
+        return {"processes": self.procs, "connections": self.conns, "matrices": self.matrices, "latency": int(self.sigma[out.name]) + 1,
                 "readout": out.name, "readout_start": int(self.sigma[out.name]),
                 "readout_bias": out.bias.ravel().astype(np.int64), "populations": pops,
                 "input": {"shape": list(p.input_pop.shape), "bits": p.input_pop.bits,
@@ -403,6 +417,57 @@ def process_count(p: dict) -> dict:
             out["probe"] = out.get("probe", 0) + 1
     out["total"] = sum(out.values())
     return out
+
+
+def _channel_synapses(spec: dict) -> np.ndarray:
+    """Non-zero weights of a plan matrix per output channel (a conv's border taps excluded)."""
+    if spec["kind"] == "csr":
+        return np.diff(np.asarray(spec["indptr"]))  # per row
+    w = np.asarray(spec["weight"])
+    (_, h, wd), (_, ho, wo) = spec["in_shape"], spec["out_shape"]
+    (sh, sw), (pt, pl), (dh, dw) = spec["strides"], spec["pads"][:2], spec["dilations"]
+    kh, kw = w.shape[2:]
+    yi = np.arange(ho)[None, :] * sh - pt + np.arange(kh)[:, None] * dh
+    xi = np.arange(wo)[None, :] * sw - pl + np.arange(kw)[:, None] * dw
+    valid = np.outer(((yi >= 0) & (yi < h)).sum(1), ((xi >= 0) & (xi < wd)).sum(1))  # (kh, kw)
+    return ((w != 0) * valid[None, None]).reshape(w.shape[0], -1).sum(1)
+
+
+def synapse_count(p: dict, by_matrix: dict = None) -> int:
+    """Synapses of a plan (what the Lava processes store); ``by_matrix`` collects them per
+    projection (its plane processes)."""
+    total, per = 0, {}
+    for spec in p["processes"]:
+        if spec["type"] != "synapses":
+            continue
+        if "matrix" not in spec:
+            total += len(spec["data"])
+            continue
+        key = spec["matrix"]
+        if key not in per:
+            per[key] = _channel_synapses(p["matrices"][key])
+        planes = np.asarray(spec["planes"])
+        c = per[key]
+        if c.size != planes.size:  # csr: per row -> per channel
+            c = c.reshape(planes.size, -1).sum(1)
+        got = int(c[planes >= 0].sum())
+        total += got
+        if by_matrix is not None:
+            by_matrix[key] = by_matrix.get(key, 0) + got
+    return total
+
+
+def check_simulable(p: dict, limit: int = MAX_SIM_SYNAPSES) -> None:
+    """BackendError unless Lava's CPU simulator can hold the plan's synapses."""
+    per: dict = {}
+    total = synapse_count(p, per)
+    if total > limit:
+        worst = max(per, key=per.get)
+        raise BackendError(
+            f"the loihi-style network holds {total:,} synapses (projection {worst}: {per[worst]:,}); "
+            f"Lava's CPU simulator keeps ~25 bytes per synapse, so this runs only up to {limit:,}. "
+            "Run it on backend 'lava' (fast style, shared convolution weights) or 'reference'; "
+            "`amosc export --target lava` still writes it (a convolution is stored by its kernel)")
 
 
 def rasters_by_item(p: dict, rasters: dict, n: int, interval: int) -> tuple[dict, int]:

@@ -18,7 +18,9 @@ feed several neuron processes, which then all receive its output) and the timing
 - ``graded``: GradedVec(vth=0): sends its summed input as a graded spike in the same step;
 - ``synapses``: Sparse (DelaySparse when ``delays`` is given: one delay, 0..63, per stored
   weight) with mixed-sign 8-bit weights given doubled, as Lava stores them, and
-  ``weight_exp``; ``graded`` ones carry 24-bit payloads.
+  ``weight_exp``; ``graded`` ones carry 24-bit payloads. A projection's plane processes
+  instead name its weight matrix M in ``matrices`` (a convolution is stored by its kernel)
+  and which source plane each output channel reads (:func:`plane_weights`).
 
 Step t of the plan is Lava time step t + 1; a RingBuffer column t is sent at t + 1, and
 every synapse hop takes one step plus its delay.
@@ -54,9 +56,72 @@ def source_data(spec: dict, codes: np.ndarray, interval: int, steps: int) -> np.
     return data
 
 
-def _synapses(spec: dict):
+def conv_matrix(weight, in_shape, out_shape, strides, pads, dilations, groups) -> sp.csr_matrix:
+    """The (C_out*H_out*W_out, C_in*H*W) integer matrix of an ONNX convolution (cross-
+    correlation; pads top, left, bottom, right; (C, H, W) tensors flattened), tap by tap."""
+    weight = np.asarray(weight, np.int64)
+    (c, h, w), (co, ho, wo) = in_shape, out_shape
+    cig, kh, kw = weight.shape[1:]
+    (sh, sw), (pt, pl), (dh, dw) = strides, pads[:2], dilations
+    base = (np.arange(co) // (co // groups)) * cig
+    rows, cols, vals = [], [], []
+    for i in range(kh):
+        yi = np.arange(ho) * sh - pt + i * dh
+        vy = (yi >= 0) & (yi < h)
+        for j in range(kw):
+            xi = np.arange(wo) * sw - pl + j * dw
+            vx = (xi >= 0) & (xi < w)
+            p_out = (np.flatnonzero(vy)[:, None] * wo + np.flatnonzero(vx)[None, :]).ravel()
+            p_in = (yi[vy][:, None] * w + xi[vx][None, :]).ravel()
+            oo, cc = np.nonzero(weight[:, :, i, j])
+            rows.append(((oo * ho * wo)[:, None] + p_out[None, :]).ravel())
+            cols.append((((base[oo] + cc) * h * w)[:, None] + p_in[None, :]).ravel())
+            vals.append(np.repeat(weight[oo, cc, i, j], p_out.size))
+    m = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                      shape=(co * ho * wo, c * h * w)).tocsr()
+    m.sum_duplicates()
+    return m
+
+
+def matrix(spec: dict) -> sp.csr_matrix:
+    """A projection's integer weight matrix M from the plan's ``matrices`` entry."""
+    if spec["kind"] == "conv":
+        return conv_matrix(spec["weight"], spec["in_shape"], spec["out_shape"], spec["strides"],
+                           spec["pads"], spec["dilations"], int(spec["groups"]))
+    m = sp.csr_matrix((np.asarray(spec["data"], np.int64), np.asarray(spec["indices"]),
+                       np.asarray(spec["indptr"])), shape=tuple(spec["shape"]))
+    m.sum_duplicates()
+    return m
+
+
+def plane_weights(spec: dict, m: sp.csr_matrix) -> sp.csr_matrix:
+    """The Lava weights of a plane synapse process: rows of output channel c read source plane
+    ``planes[c]`` (none if -1), i.e. columns ``planes[c] * block + col`` of the source's
+    realigned spikes, with M's mantissas doubled (sign mode MIXED)."""
+    planes = np.asarray(spec["planes"], np.int64)
+    per = m.shape[0] // planes.size
+    row_plane = np.repeat(planes, per)
+    keep_row = row_plane >= 0
+    counts = np.diff(m.indptr)
+    ent = np.repeat(keep_row, counts)
+    indptr = np.concatenate([[0], np.cumsum(np.where(keep_row, counts, 0))])
+    indices = m.indices[ent] + np.repeat(row_plane, counts)[ent] * int(spec["block"])
+    return sp.csr_matrix((2 * m.data[ent], indices, indptr),
+                         shape=(m.shape[0], int(spec["blocks"]) * int(spec["block"])))
+
+
+def _synapses(spec: dict, matrices: dict, cache: dict):
     from lava.proc.sparse.process import DelaySparse, Sparse
     from lava.utils.weightutils import SignMode
+    if "matrix" in spec:
+        key = spec["matrix"]
+        if key not in cache:
+            cache.clear()  # plane processes of one projection come together: keep one matrix
+            cache[key] = matrix(matrices[key])
+        w = plane_weights(spec, cache[key]).astype(np.int32)
+        kw = dict(weight_exp=int(spec["weight_exp"]), num_weight_bits=8, sign_mode=SignMode.MIXED,
+                  num_message_bits=0, name=spec["name"])
+        return Sparse(weights=w, **kw)
     shape = tuple(int(v) for v in spec["shape"])
     pattern = (np.asarray(spec["indices"]), np.asarray(spec["indptr"]))
     w = sp.csr_matrix((np.asarray(spec["data"], np.int32), *pattern), shape=shape)
@@ -80,7 +145,7 @@ def build(plan: dict, codes: np.ndarray, interval: int, steps: int, record: bool
     from lava.proc.monitor.process import Monitor
 
     warnings.filterwarnings("ignore", category=sp.SparseEfficiencyWarning)  # from lava's DelaySparse
-    procs, extractors, monitors = {}, {}, {}
+    procs, extractors, monitors, cache = {}, {}, {}, {}
     for spec in plan["processes"]:
         kind, name = spec["type"], spec["name"]
         if kind in ("input", "clock"):
@@ -101,7 +166,7 @@ def build(plan: dict, codes: np.ndarray, interval: int, steps: int, record: bool
         elif kind == "graded":
             procs[name] = GradedVec(shape=(int(spec["size"]),), vth=0)
         elif kind == "synapses":
-            procs[name] = _synapses(spec)
+            procs[name] = _synapses(spec, plan.get("matrices", {}), cache)
         else:
             raise ValueError(f"unknown process spec type {kind!r}")
     for src, dst in plan["connections"]:
