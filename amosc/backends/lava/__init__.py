@@ -135,7 +135,7 @@ def to_lava(program, x: np.ndarray, style: str = "fast", interval: int = 1, dump
         procs, extractors, monitors = network.build(p, codes, interval, steps)
         procs.update({f"extractor:{k}": v for k, v in extractors.items()})
         procs.update({f"monitor:{k}": v for k, v in monitors.items()})
-        return LavaGraph(procs, [procs[program.input]], procs[program.output], steps, style)
+        return _LoihiGraph(procs, [procs[program.input]], procs[program.output], steps, style)
     if style != "fast":
         raise BackendError(f"unknown Lava style {style!r}; choose one of {STYLES}")
     from lava.proc.io.source import RingBuffer
@@ -193,6 +193,12 @@ class LavaBackend(Backend):
         return RunResult(out, decode(program.output_pop, out), spikes, rasters if record else {},
                          latency=program.latency, steps=g.steps, interval=interval,
                          extra={"spurious_spikes": spurious, "style": "fast"})
+
+
+class _LoihiGraph(LavaGraph):
+    def run(self, run_cfg=None):
+        from .network import run_config  # the Extractor's model carries no fixed_pt tag
+        super().run(run_cfg or run_config())
 
 
 class _Guarded:
