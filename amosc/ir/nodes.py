@@ -10,6 +10,7 @@ executable form of that specification.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -38,8 +39,49 @@ MAX_WEIGHT_SHIFT = 8
 MIN_WEIGHT_SHIFT = -7
 #: Largest threshold: Loihi's 17-bit unsigned vth (compared after the same << 6).
 THRESHOLD_LIMIT = 2**17 - 1
+#: Largest code length K (units per gate, bits of the input encoder), as ``--bits``.
+MAX_BITS = 16
+#: Largest |h_k|: an inhibition weight is part of a neuron's 18-bit input (ACC_LIMIT).
+RESET_LIMIT = ACC_LIMIT
+#: Largest |d_k|: a plane's weights are M * d_k * 2^e with e >= MIN_WEIGHT_SHIFT and shift
+#: at most MAX_WEIGHT_SHIFT, so |d_k| < 2^(MAX_WEIGHT_SHIFT - MIN_WEIGHT_SHIFT + 1) anyway.
+CODE_WEIGHT_LIMIT = 2**16
+#: Largest start step of a population (a program's latency is at most this + 1 steps):
+#: generous for real programs (depth x K is a few hundred) and it bounds a run's steps.
+MAX_START_STEP = 2**16
+#: Largest gate or readout scale: a decoded value (scale times an integer of at most
+#: 2^20) then stays finite even in float32.
+MAX_SCALE = 2.0**100
+#: A conv's zero-padded input may hold at most this many times the elements of its input
+#: (or CONV_PAD_ELEMENTS, whichever is larger), so padding cannot blow up a run's memory.
+CONV_PAD_FACTOR = 16
+CONV_PAD_ELEMENTS = 2**16
+#: Conv attributes and their lengths (strides, pads top/left/bottom/right, dilations).
+CONV_ATTRS = {"strides": 2, "pads": 4, "dilations": 2}
 
 PROJECTION_KINDS = ("conv", "dense", "sparse")
+
+
+def is_int(v) -> bool:
+    """An integer (Python or numpy), not a bool."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def is_real(v) -> bool:
+    """A real number (integer or float, Python or numpy), not a bool."""
+    return is_int(v) or isinstance(v, (float, np.floating))
+
+
+def _check_shape(name, shape):
+    if not isinstance(shape, tuple) or not shape or not all(is_int(n) and n >= 1 for n in shape):
+        raise IRError(f"population {name!r}: shape must be a non-empty tuple of positive integers, "
+                      f"got {shape!r}")
+
+
+def _check_start(name, start):
+    if not (is_int(start) and 0 <= start <= MAX_START_STEP):
+        raise IRError(f"population {name!r}: start step must be an integer in [0, {MAX_START_STEP}] "
+                      f"(MAX_START_STEP), got {start!r}")
 
 
 @dataclass(frozen=True)
@@ -65,9 +107,22 @@ class Code:
                 f"code needs K >= 1 and K thresholds, resets and weights; got "
                 f"{len(self.thresholds)}, {len(self.resets)}, {len(self.weights)}"
             )
+        if k > MAX_BITS:
+            raise IRError(f"code has {k} units; at most {MAX_BITS} (MAX_BITS)")
+        for what, vals in (("thresholds", self.thresholds), ("resets", self.resets),
+                           ("weights", self.weights)):
+            bad = [v for v in vals if not is_int(v)]
+            if bad:
+                raise IRError(f"code {what} must be integers, got {bad[0]!r}")
         for t in self.thresholds:
             if not 1 <= t <= THRESHOLD_LIMIT:
                 raise IRError(f"threshold {t} outside [1, {THRESHOLD_LIMIT}]")
+        for h in self.resets:
+            if abs(h) > RESET_LIMIT:
+                raise IRError(f"reset {h} outside [-{RESET_LIMIT}, {RESET_LIMIT}]")
+        for d in self.weights:
+            if abs(d) > CODE_WEIGHT_LIMIT:
+                raise IRError(f"code weight {d} outside [-{CODE_WEIGHT_LIMIT}, {CODE_WEIGHT_LIMIT}]")
 
     @property
     def bits(self) -> int:
@@ -106,6 +161,19 @@ class InputPop:
     zero_point: float
     start: int = 0
 
+    def __post_init__(self):
+        _check_shape(self.name, self.shape)
+        _check_start(self.name, self.start)
+        if not (is_int(self.bits) and 1 <= self.bits <= MAX_BITS):
+            raise IRError(f"population {self.name!r}: input bits must be an integer in [1, {MAX_BITS}], "
+                          f"got {self.bits!r}")
+        if not (is_real(self.scale) and math.isfinite(self.scale) and self.scale > 0):
+            raise IRError(f"population {self.name!r}: input scale must be a finite number > 0, "
+                          f"got {self.scale!r}")
+        if not (is_real(self.zero_point) and math.isfinite(self.zero_point)):
+            raise IRError(f"population {self.name!r}: input zero point must be a finite number, "
+                          f"got {self.zero_point!r}")
+
     @property
     def code(self) -> Code:
         return Code.binary(self.bits)
@@ -136,12 +204,15 @@ class GatePop:
     compartments: int = 1
 
     def __post_init__(self):
+        _check_shape(self.name, self.shape)
+        _check_start(self.name, self.start)
+        if not isinstance(self.code, Code):
+            raise IRError(f"population {self.name!r}: code must be a Code, got {type(self.code).__name__}")
         _check_bias(self.name, self.bias, self.shape)
         _check_scale(self.name, self.scale, self.shape)
-        if self.fit is not None and self.shape[0] % int(self.fit["segments"]):
-            raise IRError(f"population {self.name!r}: {self.shape[0]} channels are not a multiple of "
-                          f"its {self.fit['segments']} segments")
-        if not (isinstance(self.compartments, int) and self.compartments >= 1):
+        if self.fit is not None:
+            _check_fit(self.name, self.fit, self.shape)
+        if not (is_int(self.compartments) and self.compartments >= 1):
             raise IRError(f"population {self.name!r}: compartments must be an int >= 1, got "
                           f"{self.compartments!r}")
 
@@ -164,6 +235,8 @@ class ReadoutPop:
     tensor: str = ""
 
     def __post_init__(self):
+        _check_shape(self.name, self.shape)
+        _check_start(self.name, self.start)
         _check_bias(self.name, self.bias, self.shape)
         _check_scale(self.name, self.scale, self.shape)
 
@@ -176,9 +249,36 @@ Population = Union[InputPop, GatePop, ReadoutPop]
 
 
 def _check_scale(name, scale, shape):
-    if not isinstance(scale, np.ndarray) or scale.shape != (shape[0],) or not np.all(scale > 0):
-        raise IRError(f"population {name!r}: scale must be positive float64 ({shape[0]},), got "
-                      f"{getattr(scale, 'shape', type(scale).__name__)}")
+    if not isinstance(scale, np.ndarray) or scale.dtype != np.float64 or scale.shape != (shape[0],):
+        raise IRError(f"population {name!r}: scale must be a float64 array ({shape[0]},), got "
+                      f"{getattr(scale, 'dtype', type(scale).__name__)} {getattr(scale, 'shape', '')}")
+    bad = ~(np.isfinite(scale) & (scale > 0) & (scale <= MAX_SCALE))
+    if bad.any():
+        raise IRError(f"population {name!r}: scale must be finite, > 0 and at most 2^100 (MAX_SCALE); "
+                      f"channel {int(np.argmax(bad))} has {float(scale[bad][0])!r}")
+
+
+def _check_fit(name, fit, shape):
+    """What decoding a segmented gate needs (semantics.decode_activation): S segments per
+    channel and, when given, finite slopes (S,) or (C, S) and offset (scalar or (C,))."""
+    if not isinstance(fit, dict):
+        raise IRError(f"population {name!r}: fit must be a dict, got {type(fit).__name__}")
+    s = fit.get("segments")
+    if not (is_int(s) and s >= 1):
+        raise IRError(f"population {name!r}: fit segments must be an integer >= 1, got {s!r}")
+    if shape[0] % s:
+        raise IRError(f"population {name!r}: {shape[0]} channels are not a multiple of its {s} segments")
+    c = shape[0] // s
+    for key, shapes in (("slopes", [(s,), (c, s)]), ("offset", [(), (c,)])):
+        if key not in fit:
+            continue
+        try:
+            v = np.asarray(fit[key], dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            v = None
+        if v is None or v.shape not in shapes or not np.all(np.isfinite(v)):
+            raise IRError(f"population {name!r}: fit {key} must be finite numbers shaped "
+                          f"{' or '.join(map(str, shapes))}, got {fit[key]!r:.80}")
 
 
 def _check_bias(name, bias, shape):
@@ -218,6 +318,18 @@ class Projection:
     def __post_init__(self):
         if self.kind not in PROJECTION_KINDS:
             raise IRError(f"projection {self.name!r}: kind {self.kind!r} not in {PROJECTION_KINDS}")
+        if self.kind == "sparse":
+            if not (sp.issparse(self.weight) and self.weight.format == "csr"):
+                raise IRError(f"projection {self.name!r}: a sparse projection needs a CSR weight matrix")
+        elif not isinstance(self.weight, np.ndarray):
+            raise IRError(f"projection {self.name!r}: a {self.kind} projection needs a numpy weight array, "
+                          f"got {type(self.weight).__name__}")
+        for what, shape in (("in_shape", self.in_shape), ("out_shape", self.out_shape)):
+            if not isinstance(shape, tuple) or not shape or not all(is_int(n) and n >= 1 for n in shape):
+                raise IRError(f"projection {self.name!r}: {what} must be a non-empty tuple of positive "
+                              f"integers, got {shape!r}")
+        if self.kind == "conv":
+            _check_conv_attrs(self.name, self.attrs, self.in_shape)
         w = self.weight.data if sp.issparse(self.weight) else self.weight
         if w.dtype != np.int8:
             raise IRError(f"projection {self.name!r}: weight mantissas must be int8, got {w.dtype}")
@@ -235,6 +347,33 @@ class Projection:
         if self.kind == "conv":  # border positions counted as interior: an upper bound
             return int(np.count_nonzero(self.weight)) * int(np.prod(self.out_shape[1:]))
         return int(np.count_nonzero(self.weight))
+
+
+def _check_conv_attrs(name, attrs, in_shape):
+    """strides (2) and dilations (2) positive, pads (4: top, left, bottom, right) non-negative,
+    groups positive, all integers; the zero-padded input at most CONV_PAD_FACTOR times the
+    input (or CONV_PAD_ELEMENTS elements)."""
+    if not isinstance(attrs, dict):
+        raise IRError(f"projection {name!r}: conv attrs must be a dict, got {type(attrs).__name__}")
+    for key, n in (*CONV_ATTRS.items(), ("groups", None)):
+        if key not in attrs:
+            raise IRError(f"projection {name!r}: conv attribute {key!r} is missing")
+        v = attrs[key]
+        vals = (v,) if n is None else v
+        least = 0 if key == "pads" else 1
+        if (n is not None and not (isinstance(v, (tuple, list)) and len(v) == n)) \
+                or not all(is_int(x) and least <= x <= 2**31 - 1 for x in vals):
+            what = "an integer" if n is None else f"{n} integers"
+            raise IRError(f"projection {name!r}: conv attribute {key!r} must be {what} in "
+                          f"[{least}, 2^31 - 1], got {v!r}")
+    if len(in_shape) == 3:
+        c, h, w = in_shape
+        pt, pl, pb, pr = attrs["pads"]
+        padded = c * (h + pt + pb) * (w + pl + pr)
+        if padded > max(CONV_PAD_FACTOR * c * h * w, CONV_PAD_ELEMENTS):
+            raise IRError(f"projection {name!r}: pads {tuple(attrs['pads'])} make the {h}x{w} input "
+                          f"{h + pt + pb}x{w + pl + pr}: {padded} elements, more than {CONV_PAD_FACTOR} times "
+                          f"its size and more than {CONV_PAD_ELEMENTS}")
 
 
 @dataclass(eq=False)

@@ -7,6 +7,8 @@ projection at fault. :func:`input_bounds` is the range analysis itself.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -30,13 +32,15 @@ def _row_sums(proj: Projection, w) -> tuple[np.ndarray, np.ndarray]:
             np.minimum(w, 0).sum(1).reshape(proj.out_shape))
 
 
-def input_bounds(program: Program, name: str) -> tuple[np.ndarray, np.ndarray]:
+def input_bounds(program: Program, name: str, incoming=None) -> tuple[np.ndarray, np.ndarray]:
     """Per neuron of population ``name``, the (min, max) of its synaptic input over
-    every possible source code (bias and inhibition excluded)."""
+    every possible source code (bias and inhibition excluded). The bound of each plane
+    takes the sign of its code weight d into account (d * [neg, pos] row sums).
+    ``incoming``: the population's projections, when the caller has them at hand."""
     pop = program.pop(name)
     lo = np.zeros(pop.input_shape, np.int64)
     hi = np.zeros(pop.input_shape, np.int64)
-    for proj in program.incoming(name):
+    for proj in program.incoming(name) if incoming is None else incoming:
         code = program.pop(proj.source).code
         w = proj.weight.astype(np.int64) if not sp.issparse(proj.weight) else proj.weight.astype(np.int64)
         p, n = (np.asarray(r, np.int64) for r in _row_sums(proj, w))
@@ -49,21 +53,44 @@ def input_bounds(program: Program, name: str) -> tuple[np.ndarray, np.ndarray]:
     return -join(pop, -lo[None])[0], join(pop, hi[None])[0]
 
 
+def inhibition_range(pop) -> tuple[int, int]:
+    """(min, max) of the inhibition sum_{j<k} h_j z_j a unit of ``pop`` can receive: any
+    subset of the earlier units may have fired, so its range is [sum of the negative
+    resets, sum of the positive resets] (0 for a readout). Both ends are over all K
+    resets, a (slightly) loose bound that holds for every sign of h."""
+    if not isinstance(pop, GatePop):
+        return 0, 0
+    h = [int(v) for v in pop.code.resets]
+    return sum(v for v in h if v < 0), sum(v for v in h if v > 0)
+
+
 def inhibition_max(pop) -> int:
-    return int(sum(pop.code.resets)) if isinstance(pop, GatePop) else 0
+    """Largest inhibition a unit of ``pop`` can receive (see :func:`inhibition_range`)."""
+    return inhibition_range(pop)[1]
 
 
-def check_ranges(program: Program, name: str) -> dict:
-    """Raise RangeError unless every per-step input of ``name``'s neurons stays within
-    +-ACC_LIMIT. Returns the bounds for reporting."""
+def range_bounds(program: Program, name: str, incoming=None) -> tuple[int, int]:
+    """(min, max) over every neuron of ``name`` and every possible source code of what the
+    neuron's 24-bit current holds in one step: the per-step input a = syn - inh + enable
+    and the membrane v = a + (b - enable) = syn - inh + b (docs/ir.md#ranges), with syn in
+    :func:`input_bounds` and inh in :func:`inhibition_range`, whatever the signs of the
+    weights, resets and code weights. An idle unit (no input scheduled) holds b - enable in
+    [-2^ENABLE_SHIFT, -1] and receives nothing, so it adds no wider case."""
     pop = program.pop(name)
-    lo, hi = input_bounds(program, name)
-    inh = inhibition_max(pop)
+    lo, hi = input_bounds(program, name, incoming)
+    inh_lo, inh_hi = inhibition_range(pop)
     b = pop.bias.astype(np.int64)
     enable = enable_weights(b) if isinstance(pop, GatePop) else np.zeros_like(b)
-    # per-step input a = syn - inhibition + enable; membrane v = a + b - enable
-    worst_hi = int(max((hi + np.maximum(enable, 0)).max(), (hi + b).max()))
-    worst_lo = int(min((lo - inh + np.minimum(enable, 0)).min(), (lo + b - inh).min()))
+    # subtracting inh in [inh_lo, inh_hi] moves the input by at most -inh_hi (down) and -inh_lo (up)
+    worst_hi = int(max((hi - inh_lo + np.maximum(enable, 0)).max(), (hi - inh_lo + b).max()))
+    worst_lo = int(min((lo - inh_hi + np.minimum(enable, 0)).min(), (lo - inh_hi + b).min()))
+    return worst_lo, worst_hi
+
+
+def check_ranges(program: Program, name: str, incoming=None) -> dict:
+    """Raise RangeError unless every per-step input of ``name``'s neurons stays within
+    +-ACC_LIMIT. Returns the bounds for reporting."""
+    worst_lo, worst_hi = range_bounds(program, name, incoming)
     if worst_hi > ACC_LIMIT or worst_lo < -ACC_LIMIT:
         raise RangeError(
             f"population {name!r}: synaptic input can reach [{worst_lo}, {worst_hi}], outside "
@@ -74,7 +101,7 @@ def check_ranges(program: Program, name: str) -> dict:
 def verify(program: Program, ranges: bool = True) -> None:
     names = [p.name for p in program.populations]
     if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
+        dup = sorted(n for n, c in Counter(names).items() if c > 1)
         raise IRError(f"duplicate population names: {dup}")
     pos = {n: i for i, n in enumerate(names)}
     inputs = [p for p in program.populations if isinstance(p, InputPop)]
@@ -85,6 +112,7 @@ def verify(program: Program, ranges: bool = True) -> None:
     pnames = [p.name for p in program.projections]
     if len(set(pnames)) != len(pnames):
         raise IRError("duplicate projection names")
+    incoming: dict = {}  # target -> projections, in one pass (a loaded file may hold many)
     for proj in program.projections:
         for end in (proj.source, proj.target):
             if end not in pos:
@@ -96,9 +124,10 @@ def verify(program: Program, ranges: bool = True) -> None:
         if isinstance(src, ReadoutPop) or isinstance(tgt, InputPop):
             raise IRError(f"projection {proj.name!r}: {src.name!r} -> {tgt.name!r} runs from a "
                           "readout or into the input")
+        incoming.setdefault(proj.target, []).append(proj)
         if tuple(proj.in_shape) != tuple(src.shape) or tuple(proj.out_shape) != tuple(tgt.input_shape):
             raise IRError(f"projection {proj.name!r}: shape {proj.in_shape} -> {proj.out_shape} does "
-                          f"not match {src.name}.shape {src.shape} -> {tgt.name}.input_shape "
+                          f"not match {src.name!r}.shape {src.shape} -> {tgt.name!r}.input_shape "
                           f"{tgt.input_shape}")
         _check_layout(proj)
         shift = max_plane_shift(proj, src.code)
@@ -112,12 +141,12 @@ def verify(program: Program, ranges: bool = True) -> None:
                           f"before source {src.name!r}'s last unit fires (step "
                           f"{src.start + src.code.bits - 1}); run the schedule pass")
     for pop in program.populations:
-        if not isinstance(pop, InputPop) and not program.incoming(pop.name):
+        if not isinstance(pop, InputPop) and pop.name not in incoming:
             raise IRError(f"population {pop.name!r} has no incoming projection")
     if ranges:
         for pop in program.populations:
             if not isinstance(pop, InputPop):
-                check_ranges(program, pop.name)
+                check_ranges(program, pop.name, incoming[pop.name])
 
 
 def max_plane_shift(proj: Projection, code) -> int:
