@@ -251,9 +251,7 @@ CASES = {f.__name__[5:]: f for f in (case_dense_binary, case_nonbinary_code, cas
                                      case_zero_projection)}
 
 #: Known failures, each (backend, case) -> reason; strict, so a fix shows up as XPASS.
-KNOWN = {("lava-loihi", "zero_projection"):
-         "lava-loihi mishandles an all-zero projection (committed loihi style: the gate behind it never fires; the "
-         "rewrite in progress: a raw AssertionError from Lava's Extractor)"}
+KNOWN: dict = {}
 
 
 @pytest.mark.parametrize("case", list(CASES))
