@@ -192,6 +192,12 @@ def test_output_modes_follow_the_umask_and_read_only_files_are_refused(d):
     r = cli("run", d / "m.amos", "-i", d / "x.npy", "-o", d / "u.npy", "--limit", 3)
     assert_user_error(r, "u.npy", "read-only")
     assert (d / "u.npy").read_bytes() == data and stat.S_IMODE(os.stat(d / "u.npy").st_mode) == 0o444
+    (d / "ro.amos").write_bytes(b"keep")  # compile -o goes through the same writer
+    os.chmod(d / "ro.amos", 0o444)
+    r = cli("compile", d / "model.onnx", "--calib", d / "calib.npy", "-o", d / "ro.amos")
+    assert_user_error(r, "ro.amos", "read-only")
+    assert (d / "ro.amos").read_bytes() == b"keep"
+    os.unlink(d / "ro.amos")
     os.chmod(d / "u.npy", 0o644)
     r = cli("run", d / "m.amos", "-i", d / "x.npy", "-o", d / "u.npy", "--limit", 3)
     assert r.exit_code == 0 and stat.S_IMODE(os.stat(d / "u.npy").st_mode) == 0o644  # a replaced file keeps its mode
