@@ -951,6 +951,7 @@ def import_model(path, maxpool: str = "tree") -> FloatGraph:
     path = os.fspath(path)
     check_ops(model, path)
     model = normalize(model, path)
+    check_ops(model, path)  # again: the version converter may rewrite nodes
     name, shape, fixed = graph_input(model, path)
     g = FloatGraph(path, digest, _opset(model), name, shape, fixed)
     if maxpool not in MAXPOOL_MODES:
@@ -969,11 +970,7 @@ def import_model(path, maxpool: str = "tree") -> FloatGraph:
     g.output_name = outputs[0]
     nodes = list(model.graph.node)
     for i, node in enumerate(nodes):
-        if node.domain not in ("", "ai.onnx"):
-            imp.fail(node, f"custom domain {node.domain!r} is not supported")
         op = node.op_type
-        if op not in SUPPORTED_OPS:
-            imp.fail(node, f"unsupported op type {op!r}; supported ops: {', '.join(sorted(SUPPORTED_OPS))}")
         ins = [env.get(n) if n else None for n in node.input]
         for n, v in zip(node.input, ins):
             if n and v is None:
