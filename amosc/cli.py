@@ -133,7 +133,7 @@ def compile(model, calib, output, bits, calibration, percentile, rounding, granu
             maxpool, fit_tolerance, max_neurons, max_memory, strict):
     """Compile an ONNX MODEL into an AMOS program (.amos)."""
     import warnings
-    from .compiler.calibrate import _read_npy
+    from .compiler.calibrate import read_npy
     from .compiler.pipeline import compile_model
     from .compiler.quantize import Options
     from .compiler.resources import Limits
@@ -146,7 +146,7 @@ def compile(model, calib, output, bits, calibration, percentile, rounding, granu
     limits = Limits(**{k: v for k, v in (("max_neurons", max_neurons), ("max_memory", max_memory)) if v})
     output = output or os.path.splitext(model)[0] + ".amos"
     check_output(output, [model, calib])
-    x = _read_npy(calib, "calibration data")
+    x = read_npy(calib, "calibration data")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CalibrationWarning)
         try:
@@ -186,13 +186,11 @@ def inspect(program, fmt):
 @_limit_option
 def run(program, inp, output, backend, interval, probabilities, limit):
     """Run PROGRAM on inputs and write the decoded logits."""
-    from .api import check_interval
     from .compiler.calibrate import load_array
     from .fileio import check_output
     from .ir.serialize import load
     check_output(output, [program, inp])
     prog = load(program)
-    check_interval(prog, interval)
     x = load_array(inp, prog.input_pop.shape, "input")[:limit]
     res = prog.run(x, backend=backend, interval=interval)
     y = res.logits
@@ -231,7 +229,6 @@ def validate(program, onnx_path, inp, labels, backend, interval, min_agreement, 
     import dataclasses
     import json
     from .api import run_program
-    from .api import check_interval
     from .compiler.calibrate import load_array, load_labels
     from .fileio import atomic_write, check_output
     from .ir.serialize import load
@@ -244,7 +241,6 @@ def validate(program, onnx_path, inp, labels, backend, interval, min_agreement, 
     if json_out:
         check_output(json_out, [program, onnx_path, inp, labels], "--json")
     prog = load(program)
-    check_interval(prog, interval)
     x = load_array(inp, prog.input_pop.shape, "input")[:limit]
     y = load_labels(labels, x.shape[0])[:x.shape[0]] if labels else None
     report, ok = {}, True

@@ -33,29 +33,29 @@ def check_input_array(x, shape, what: str, path: str = "") -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _read_npy(path, what: str, error=CalibrationError) -> np.ndarray:
+def read_npy(path, what: str) -> np.ndarray:
     """One array from a .npy file: no pickles, no .npz archives."""
     import os
     if not os.path.isfile(path):
-        raise error(f"{path}: no such file")
+        raise CalibrationError(f"{path}: no such file")
     try:
         x = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise error(f"{path}: not a readable .npy array ({str(exc).splitlines()[0]})") from None
+        raise CalibrationError(f"{path}: not a readable .npy array ({str(exc).splitlines()[0]})") from None
     if not isinstance(x, np.ndarray):  # an .npz archive opens as a mapping of arrays
         x.close()
-        raise error(f"{path}: {what} must be one .npy array, got an .npz archive")
+        raise CalibrationError(f"{path}: {what} must be one .npy array, got an .npz archive")
     return x
 
 
 def load_array(path, shape, what) -> np.ndarray:
-    x = _read_npy(path, what)
+    x = read_npy(path, what)
     return check_input_array(x, shape, what, path)
 
 
 def load_labels(path, n: int | None = None) -> np.ndarray:
     """Integer class labels (N,) from a .npy file; ``n``: the number of inputs they label."""
-    y = _read_npy(path, "labels")
+    y = read_npy(path, "labels")
     if y.dtype.kind not in "iu" or y.ndim != 1:
         raise CalibrationError(f"{path}: labels must be integers shaped (N,), got {y.dtype} {y.shape}")
     if n is not None and y.shape[0] < n:
@@ -262,7 +262,7 @@ class NormStats:
         return node, ratio, shift
 
 
-def check_calibration(fg, calib, peak: dict, stats: NormStats) -> None:
+def check_calibration(fg, peak: dict, stats: NormStats) -> None:
     """Warn about gates that never fire and data far from the trained input statistics."""
     dead = [g.name for g in fg.gates if g.fn is None and peak[g.name] <= 0]
     if dead:

@@ -63,12 +63,10 @@ def calibrate(fg, calib: np.ndarray, opts: Options):
         vals = float_eval(fg, calib[i:i + CALIB_BATCH].astype(np.float64), pre_values=pre)
         stats.add(vals)
         for g in fg.gates:
-            v = pre[g.name]
-            if stride[g.name] > 1:
-                v = max_compartments(v, g.compartments)[(-i) % stride[g.name]::stride[g.name]]
-            samples[g.name].append(v.astype(np.float32))
+            s = stride[g.name]  # pooled pre-activations: the range of the max
+            samples[g.name].append(max_compartments(pre[g.name], g.compartments)[(-i) % s::s].astype(np.float32))
             peak[g.name] = max(peak[g.name], float(pre[g.name].max()))
-    check_calibration(fg, calib, peak, stats)
+    check_calibration(fg, peak, stats)
     alphas, ranges, balance = {}, {}, {}
     for g in fg.gates:
         if g.partner is not None:
@@ -79,10 +77,8 @@ def calibrate(fg, calib: np.ndarray, opts: Options):
         if g.compartments > 1 and g.alpha_from is not None:  # a pool of codes: its source's step
             continue
         v = np.concatenate(samples.pop(g.name))
-        if stride[g.name] == 1:  # (strided samples were joined when kept)
-            v = max_compartments(v, g.compartments)  # a pooled pre-activation: the range of the max
-            if v.size > MAX_CALIB_VALUES:  # a balanced square: keep whole samples, evenly spaced
-                v = v[:: -(-v.size // MAX_CALIB_VALUES)]
+        if g.name in paired and v.size > MAX_CALIB_VALUES:  # a balanced square: subsample it now
+            v = v[:: -(-v.size // MAX_CALIB_VALUES)]
         if g.fn is not None:
             ranges[g.name] = fitted_range(v, opts, g.fn)
         else:

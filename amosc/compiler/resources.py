@@ -76,13 +76,13 @@ def estimate(fg, bits: int, weight_bits: int, calib_n: int, calib_batch: int) ->
     gates = fg.gates
     neurons = int(np.prod(fg.input_shape)) * bits + int(np.prod(fg.readout.shape))
     neurons += sum(int(np.prod(g.shape)) * k(g) for g in gates)
-    exprs = [(g.expr, k(g)) for g in gates] + [(fg.readout, 1)]
+    exprs = [g.expr for g in gates] + [fg.readout]
     source_bits = {g.name: k(g) for g in gates}
     source_bits["input"] = bits
     planes = weight_bits // 8
     synapses = sum(map_synapses(m) * source_bits.get(s, bits) * planes
-                   for e, _ in exprs for s, m in e.maps.items())
-    entries = sum(map_entries(m) for e, _ in exprs for m in e.maps.values())
+                   for e in exprs for s, m in e.maps.items())
+    entries = sum(map_entries(m) for e in exprs for m in e.maps.values())
     # calibration: a batch of pre-activations and activations in float64, plus kept samples
     elements = sum(int(np.prod(g.expr.shape)) + int(np.prod(g.shape)) for g in gates)
     calib = calib_batch * elements * 8 + sum(min(calib_n * int(np.prod(g.shape)), 4_000_000) * 4
