@@ -9,7 +9,6 @@ tests compare the two integer for integer.
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import IRError
@@ -134,8 +133,10 @@ def binary_params(code: Code):
     """(theta, offset) when the code is the successive-approximation ADC, else None."""
     k, theta = code.bits, code.resets[-1]
     offset = theta - code.thresholds[-1]
-    ideal = Code.binary(k, theta, offset) if theta >= 1 and 0 <= offset < theta else None
-    return (theta, offset) if ideal == code else None
+    pw = [2 ** (k - 1 - j) for j in range(k)]  # compared as tuples: a large theta may not be a valid Code
+    ideal = (tuple(p * theta - offset for p in pw), tuple(p * theta for p in pw), tuple(pw))
+    binary = theta >= 1 and 0 <= offset < theta and (code.thresholds, code.resets, code.weights) == ideal
+    return (theta, offset) if binary else None
 
 
 def gate_code(code: Code, y: np.ndarray) -> np.ndarray:
