@@ -10,8 +10,9 @@ with numpy) and, within a lane, enter every ``interval`` steps (pipelining).
 ``interval=0`` gives every input its own lane, all starting at step 0.
 
 :class:`Schedule`, :class:`UnitsState` and :class:`SynapseState` hold the
-per-population dynamics; the Lava ``fast`` style runs the very same classes
-inside its process models, one population per Lava process.
+per-population dynamics. The Lava ``fast`` style implements the same dynamics
+independently (it shares only the Program's data layout, docs/lava.md), so its
+agreement with this simulator is a real check.
 """
 
 from __future__ import annotations
