@@ -655,8 +655,8 @@ def manifest_mutation(draw, m):
     if op == "delete":
         del parent[key]
         return
-    if op == "nudge" and type(old) in (int, float):
-        half = int(old) + 0.5 if math.isfinite(old) else 0.5
+    if op == "nudge" and type(old) in (int, float) and abs(old) < 1e300:  # (a huge int has no float)
+        half = int(old) + 0.5
         new = draw(st.sampled_from([old + 1, old - 1, -old, old * 2, old * 1000, float(old), half]))
     elif op == "copy":
         new = json.loads(json.dumps(_get(m, draw(st.sampled_from(paths)))))
