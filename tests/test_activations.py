@@ -13,7 +13,9 @@ from onnx import helper
 import amosc
 from amosc.compiler.activations import ScalarFn, fit, fit_layer
 from amosc.compiler.calibrate import OnnxRunner
-from amosc.compiler.importer import float_eval, import_model
+from amosc.compiler.importer import import_model
+from amosc.compiler.pipeline import import_graph
+from amosc.ir.tensor import float_eval
 from amosc.ir.nodes import GatePop
 from amosc.ir.semantics import decode, decode_activation, evaluate
 from conftest import structured_inputs, uniform_inputs
@@ -136,7 +138,7 @@ def test_activation_op_compiles_and_levels_agree(tmp_path, op, attrs):
 
 def test_fused_patterns_are_one_unit(tmp_path):
     for op, label in (("SiLU", "silu"), ("GELU", "gelu")):
-        fg = import_model(save(_act_model(op), tmp_path / f"{op}.onnx"))
+        fg = import_graph(save(_act_model(op), tmp_path / f"{op}.onnx"))
         acts = [g.activation for g in fg.gates]
         assert acts == [label, "relu"], acts      # the Sigmoid / Erf gate was fused away
 

@@ -6,7 +6,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from amosc.compiler.calibrate import OnnxRunner
-from amosc.compiler.importer import SUPPORTED_OPS, float_eval, import_model
+from amosc.compiler.importer import SUPPORTED_OPS, import_model
+from amosc.ir.tensor import float_eval
 from amosc.errors import ModelError
 from conftest import uniform_inputs
 from onnx_builders import GraphBuilder, mlp, save, small_cnn

@@ -196,7 +196,7 @@ def test_weights_split_into_fewest_exponent_groups():
 
 def test_plan_conv_matrix_is_the_onnx_cross_correlation():
     from amosc.backends.lava.network import conv_matrix
-    from amosc.compiler.linear import Conv
+    from amosc.ir.linear import Conv
     from amosc.ir.semantics import conv_output_hw
     rng = np.random.default_rng(0)
     for groups, k, strides, pads, dil in [(1, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),

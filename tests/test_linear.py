@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from amosc.compiler import linear as L
+from amosc.ir import linear as L
 
 RNG = np.random.default_rng(0)
 

@@ -236,7 +236,7 @@ class NormStats:
     def add(self, vals: dict) -> None:
         if self.norm is None:
             return
-        from .importer import expr_value
+        from ..ir.tensor import expr_value
         expr = self.norm[1]
         if any(src not in vals for src in expr.maps):
             self.norm = None

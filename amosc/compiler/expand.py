@@ -12,15 +12,17 @@ Every expression that read ``g`` now reads the segments through a
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from . import linear as L
+from ..ir import linear as L
 from .activations import CHORD_TOLERANCE, fit_layer
-from .importer import Expr, FloatGraph, GateSpec
+from ..ir.tensor import Expr, Gate, TensorGraph
 
 
-def expand_fitted(fg: FloatGraph, ranges: dict, bits: int, balance: dict | None = None,
-                  tolerance: float = CHORD_TOLERANCE) -> FloatGraph:
+def expand_fitted(fg: TensorGraph, ranges: dict, bits: int, balance: dict | None = None,
+                  tolerance: float = CHORD_TOLERANCE) -> TensorGraph:
     """Replace every fitted gate (``gate.fn``) by its segments (chord ``tolerance`` in output
     steps, see :func:`~.activations.fit_layer`); ``ranges[name] = (lo, hi)``,
     two arrays (C,) of per-channel bounds. ``balance[u]``: the per-channel factor a of a
@@ -49,13 +51,11 @@ def expand_fitted(fg: FloatGraph, ranges: dict, bits: int, balance: dict | None 
         breaks = f.breaks[:, :-1].ravel()
         widths = f.widths().ravel()
         seg = expr.apply(tile, -np.broadcast_to(L.per_channel(breaks, shape), shape))
-        new = GateSpec(gate.name, shape, seg, gate.activation, widths, gate.pre_tensor, gate.tensor,
+        new = Gate(gate.name, shape, seg, gate.activation, widths, gate.pre_tensor, gate.tensor,
                        gate.node, fixed_alpha=widths, bits=f.bits, fit=f)
         gates.append(new)
         replaced[gate.name] = (L.ChannelSum(shape, tuple(gate.shape), f.slopes), f.offsets)
-    fg.gates = gates
-    fg.readout = _rewire(fg.readout, replaced)
-    return fg
+    return replace(fg, gates=gates, readout=_rewire(fg.readout, replaced))
 
 
 def _mix(u: Expr, cu: np.ndarray, v: Expr, cv: np.ndarray) -> Expr:
@@ -65,10 +65,9 @@ def _mix(u: Expr, cu: np.ndarray, v: Expr, cv: np.ndarray) -> Expr:
     return times(u, cu).plus(times(v, cv))
 
 
-def _with_expr(gate: GateSpec, expr: Expr) -> GateSpec:
+def _with_expr(gate: Gate, expr: Expr) -> Gate:
     if expr is gate.expr:
         return gate
-    from dataclasses import replace
     return replace(gate, expr=expr)
 
 

@@ -1,4 +1,4 @@
-"""ONNX importer: an ONNX classifier -> a :class:`FloatGraph` of gates and linear maps.
+"""ONNX importer: an ONNX classifier -> a :class:`TensorGraph` of gates and linear maps.
 
 The model is normalized first (onnx version converter up to opset 13 when older,
 shape inference), constants are folded, and every tensor is tracked either as a
@@ -13,15 +13,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from ..errors import ModelError
-from ..ir.semantics import max_compartments
-from . import linear as L
+from ..ir.tensor import INPUT, Expr, Gate, TensorGraph, value_bounds
+from ..ir import linear as L
 from .activations import ScalarFn
 
 #: ONNX op types the importer supports (docs/onnx-support.md says how each maps).
@@ -71,107 +70,6 @@ ATTRIBUTES: dict[str, dict[str, object]] = {
 }
 
 
-@dataclass
-class Expr:
-    """sum over sources s of maps[s](value of s) + bias; per-sample ``shape``."""
-    shape: tuple
-    maps: dict
-    bias: np.ndarray
-    #: (parent, s, o) when this is s * parent + o for scalars s, o (fusion patterns)
-    origin: tuple | None = None
-    #: the gate whose output this expression is (identity map, zero bias)
-    gate: str | None = None
-    #: m > 1: a lateral-inhibition pool of a pre-activation, waiting for its ReLU: shape
-    #: (C * m, ...) holds m window taps per channel (see _Importer._lateral_inhibition_pool)
-    pooled: int = 1
-
-    def apply(self, m: L.LinearMap, extra_bias=None) -> "Expr":
-        maps = {s: L.compose(m, mm) for s, mm in self.maps.items()}
-        bias = m.apply(self.bias[None].astype(np.float64))[0]
-        if extra_bias is not None:
-            bias = bias + extra_bias
-        return Expr(tuple(m.out_shape), maps, bias)
-
-    def root(self):
-        """(root expression, s, o) with self = s * root + o (scalars)."""
-        e, s, o = self, 1.0, 0.0
-        while e.origin is not None:
-            parent, ps, po = e.origin
-            s, o = s * ps, s * po + o
-            e = parent
-        return e, s, o
-
-    def plus(self, other: "Expr", sign: float = 1.0) -> "Expr":
-        """self + sign * other (same shape)."""
-        maps = dict(self.maps)
-        for s, m in other.maps.items():
-            if sign != 1.0:
-                m = L.compose(L.Scale(m.out_shape, m.out_shape, np.full(m.out_shape[0], float(sign))), m)
-            L.accumulate(maps, s, m)
-        return Expr(self.shape, maps, self.bias + sign * other.bias)
-
-    def scaled(self, c: float, o: float = 0.0) -> "Expr":
-        """c * self + o for scalars."""
-        e = self.apply(L.Scale(self.shape, self.shape, np.full(self.shape[0], float(c))))
-        return Expr(e.shape, e.maps, e.bias + o, origin=(self, float(c), float(o)))
-
-
-@dataclass
-class GateSpec:
-    name: str
-    shape: tuple
-    expr: Expr
-    activation: str        # label: "relu", "relu6", "sigmoid", "max", ...
-    upper: object          # ReLU gates: clip upper bound, float or per channel (C,); None: unbounded
-    pre_tensor: str        # ONNX tensor fed to the activation ("" for synthetic gates)
-    tensor: str            # ONNX tensor the gate produces ("" when it is part of one)
-    node: str
-    fn: object = None      # ScalarFn of a fitted gate (expanded into segments after calibration)
-    alpha_from: str | None = None   # max-circuit gate: its output step is this gate's (exact)
-    fixed_alpha: object = None      # per-channel range set by the compiler, not calibrated
-    bits: int | None = None         # code bits when not the program's K (segments)
-    fit: object = None              # the Fit a segmented gate realizes
-    #: a product's pair of square units u^2 - v^2 (u = (x + y) / 2, v = (x - y) / 2): the
-    #: u gate names the v gate; calibration balances the pair per channel (see expand.py)
-    partner: str | None = None
-    #: m > 1: lateral-inhibition pooling, the gate is the max of m compartments; ``expr`` has
-    #: shape (C * m, ...) with compartment i of channel c at c * m + i
-    compartments: int = 1
-
-    @property
-    def fitted(self) -> bool:
-        return self.fn is not None
-
-    def value(self, pre: np.ndarray) -> np.ndarray:
-        """The float activation of pre-activation values (N, *expr.shape)."""
-        pre = max_compartments(pre, self.compartments)
-        if self.fn is not None:
-            return self.fn(pre)
-        y = np.maximum(pre, 0)
-        if self.upper is None:
-            return y
-        up = np.asarray(self.upper, np.float64)
-        return np.minimum(y, up.reshape((-1,) + (1,) * (len(self.shape) - 1)) if up.ndim else up)
-
-
-@dataclass
-class FloatGraph:
-    path: str
-    sha256: str
-    opset: int
-    input_name: str
-    input_shape: tuple     # per sample
-    batch_fixed: bool      # the model's batch dimension is a fixed 1
-    gates: list = field(default_factory=list)
-    readout: Expr | None = None
-    readout_tensor: str = ""
-    output_name: str = ""
-    softmax: str | None = None   # "Softmax"/"LogSoftmax" dropped at the output
-    #: (node, input expression, running mean, running var) of the first BatchNormalization:
-    #: the trained input statistics that calibration data is checked against
-    first_norm: tuple | None = None
-
-
 def _plain(v):
     """An attribute value in comparable form: lists for sequences, str for bytes."""
     if isinstance(v, bytes):
@@ -187,13 +85,13 @@ def _str(v) -> str:
 
 
 class _Importer:
-    def __init__(self, model: onnx.ModelProto, path: str, graph: "FloatGraph", maxpool: str = "tree"):
+    def __init__(self, model: onnx.ModelProto, path: str, graph: "TensorGraph", maxpool: str = "tree"):
         self.maxpool = maxpool
         self.model = model
         self.path = path
         self.g = graph
         self.env: dict[str, object] = {}
-        self.gates: dict[str, GateSpec] = {}
+        self.gates: dict[str, Gate] = {}
 
     # -- gates -----------------------------------------------------------------
     def gate(self, node, e: Expr, label: str, *, upper=None, fn=None, pre_tensor=None, tensor=None,
@@ -203,7 +101,7 @@ class _Importer:
         base = node.name or node.output[0]
         name = f"g{len(self.g.gates)}_{base}" + (f"_{suffix}" if suffix else "")
         shape = (e.shape[0] // compartments, *e.shape[1:])
-        spec = GateSpec(name, shape, e, label, upper,
+        spec = Gate(name, shape, e, label, upper,
                         node.input[0] if pre_tensor is None else pre_tensor,
                         node.output[0] if tensor is None else tensor, node.name,
                         fn=fn, alpha_from=alpha_from, compartments=compartments)
@@ -281,29 +179,10 @@ class _Importer:
     def attrs(node) -> dict:
         return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
-    def source_bounds(self, src: str) -> tuple[float, float]:
-        """(lo, hi) of a source's values: the input is unbounded, a gate spans its activation's range."""
-        g = self.gates.get(src)
-        if g is None:
-            return -np.inf, np.inf
-        if g.fn is not None:
-            return g.fn.bounds()
-        return 0.0, np.inf if g.upper is None else float(np.max(g.upper))
-
     def value_bounds(self, e: Expr) -> tuple[np.ndarray, np.ndarray]:
-        """Elementwise (lo, hi) of an expression over every possible input (interval analysis
-        over the maps' positive and negative row sums; conservative at convolution borders)."""
-        def times(a, b):  # a * b with 0 * inf = 0
-            return np.where(a == 0, 0.0, a * b)
-        lo = e.bias.astype(np.float64).copy()
-        hi = lo.copy()
-        with np.errstate(invalid="ignore"):
-            for src, m in e.maps.items():
-                slo, shi = self.source_bounds(src)
-                pos, neg = (np.asarray(r, np.float64) for r in m.row_sums())
-                lo = lo + times(pos, min(slo, 0.0)) + times(neg, max(shi, 0.0))
-                hi = hi + times(pos, max(shi, 0.0)) + times(neg, min(slo, 0.0))
-        return lo, hi
+        """Elementwise (lo, hi) of an expression over every possible input (see
+        :func:`~amosc.ir.tensor.value_bounds`)."""
+        return value_bounds(e, self.gates)
 
     def check_attributes(self, node, a: dict) -> None:
         """Refuse an attribute the op's rule does not declare, or a value it does not handle."""
@@ -946,14 +825,14 @@ def _ceil_pads(hw, k, strides, pads) -> tuple:
 MAXPOOL_MODES = ("tree", "lipool")
 
 
-def import_model(path, maxpool: str = "tree") -> FloatGraph:
+def import_model(path, maxpool: str = "tree") -> TensorGraph:
     model, digest = load_model(path)
     path = os.fspath(path)
     check_ops(model, path)
     model = normalize(model, path)
     check_ops(model, path)  # again: the version converter may rewrite nodes
     name, shape, fixed = graph_input(model, path)
-    g = FloatGraph(path, digest, _opset(model), name, shape, fixed)
+    g = TensorGraph(path, digest, _opset(model), name, shape, fixed)
     if maxpool not in MAXPOOL_MODES:
         raise ModelError(f"maxpool must be one of {MAXPOOL_MODES}, got {maxpool!r}")
     imp = _Importer(model, path, g, maxpool)
@@ -963,7 +842,7 @@ def import_model(path, maxpool: str = "tree") -> FloatGraph:
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
             raise ModelError(f"{path}: initializer {init.name!r} contains NaN or Inf")
         env[init.name] = arr
-    env[name] = Expr(shape, {"input": L.identity(shape)}, np.zeros(shape))
+    env[name] = Expr(shape, {INPUT: L.identity(shape)}, np.zeros(shape))
     outputs = [o.name for o in model.graph.output]
     if len(outputs) != 1:
         raise ModelError(f"{path}: expected one graph output, found {outputs}")
@@ -1021,38 +900,4 @@ def import_model(path, maxpool: str = "tree") -> FloatGraph:
     if len(g.readout.shape) != 1:
         raise ModelError(f"{path}: output {g.output_name!r} must be (N, classes), got per-sample shape "
                          f"{g.readout.shape}")
-    drop_dead_gates(g)
     return g
-
-
-def drop_dead_gates(g: FloatGraph) -> None:
-    """Remove gates nothing reads (e.g. a Sigmoid fused into a SiLU unit)."""
-    live = set(g.readout.maps)
-    for gate in reversed(g.gates):
-        if gate.name in live:
-            live.update(gate.expr.maps)
-    g.gates = [gate for gate in g.gates if gate.name in live]
-
-
-def float_eval(fg: FloatGraph, x: np.ndarray, pre_values: dict | None = None) -> dict:
-    """Evaluate the imported graph in float64 (gate outputs and the readout).
-
-    This is the ANN as amosc understood it, before any quantization: the tests
-    check it against onnxruntime to isolate importer bugs from quantization error.
-    """
-    vals = {"input": np.asarray(x, np.float64)}
-    for g in fg.gates:
-        pre = expr_value(g.expr, vals)
-        if pre_values is not None:
-            pre_values[g.name] = pre
-        vals[g.name] = g.value(pre)
-    vals["output"] = expr_value(fg.readout, vals)
-    return vals
-
-
-def expr_value(e: Expr, vals: dict) -> np.ndarray:
-    """The value (N, *e.shape) of an expression over source values ``vals`` (N, ...)."""
-    y = np.broadcast_to(e.bias, (vals["input"].shape[0], *e.shape)).copy()
-    for src, m in e.maps.items():
-        y += m.apply(vals[src])
-    return y

@@ -12,16 +12,23 @@ from ..ir.verify import verify
 from . import resources
 from .calibrate import (NormStats, channel_rows, check_calibration, check_input_array, check_raw_calibration,
                         mse_fn_range, scale_from)
-from .expand import expand_fitted
+from .expand import expand_fitted as expand
 from .importer import import_model
 from .passes import DEFAULT_PASSES
 from .quantize import Options, lower
 from .resources import Limits
+from .tensor_passes import IMPORT_PASSES, run_tensor_passes
+
+#: Every pass ``compile_model(dump=...)`` reports, in pipeline order (tensor IR, then integer IR).
+PASS_NAMES = ("import", *(p.__name__ for p in IMPORT_PASSES), "expand_fitted", "lower",
+              *(p.__name__ for p in DEFAULT_PASSES))
 
 MAX_CALIB_VALUES = 4_000_000  # per tensor; larger tensors are subsampled deterministically
 
 
-def run_passes(program: Program, passes=DEFAULT_PASSES) -> Program:
+def run_passes(program: Program, passes=DEFAULT_PASSES, dump=None) -> Program:
+    """Run integer-IR ``passes`` in order, verifying after each (naming the pass that broke
+    the program); ``dump(name, program)`` is called after each pass."""
     done = []
     for p in passes:
         program = p(program)
@@ -31,11 +38,19 @@ def run_passes(program: Program, passes=DEFAULT_PASSES) -> Program:
             raise IRError(f"pass {p.__name__} (after {[d.__name__ for d in done]}) produced an "
                           f"invalid program: {exc}") from exc
         done.append(p)
+        if dump:
+            dump(p.__name__, program)
     verify(program)
     return program
 
 
 CALIB_BATCH = 64
+
+
+def import_graph(model_path, maxpool: str = "tree", dump=None):
+    """Import an ONNX model to the tensor IR and run the import passes (verified after
+    the importer and after each pass; ``dump`` as in :func:`compile_model`)."""
+    return run_tensor_passes(import_model(model_path, maxpool=maxpool), IMPORT_PASSES, dump, after="import")
 
 
 def calibrate(fg, calib: np.ndarray, opts: Options):
@@ -45,7 +60,7 @@ def calibrate(fg, calib: np.ndarray, opts: Options):
     balanced input for product squares) and ``balance[name]`` (per-channel factor of a
     product's square pair, see :func:`balance_pair`)."""
     from ..progress import progress
-    from .importer import float_eval
+    from ..ir.tensor import float_eval
     n = calib.shape[0]
     paired = {g.name for g in fg.gates if g.partner} | {g.partner for g in fg.gates if g.partner}
     # the samples kept per gate: whole samples, evenly spaced, at most MAX_CALIB_VALUES values
@@ -127,7 +142,7 @@ def fitted_range(v: np.ndarray, opts: Options, fn) -> tuple:
 
 def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, *,
                   limits: Limits | None = None, strict: bool = False, calib_name: str = "",
-                  **kw) -> Program:
+                  dump=None, **kw) -> Program:
     """Compile an ONNX classifier to a verified AMOS program.
 
     ``calib``: float array (N, *input_shape) of representative inputs (``calib_name``:
@@ -137,6 +152,9 @@ def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, *,
     (:class:`~.resources.Limits`). Suspicious calibration data (integer, constant, out of
     the model's trained input distribution, gates that never fire) is reported as a
     :class:`~amosc.errors.CalibrationWarning`; ``strict=True`` makes it a CalibrationError.
+    ``dump(name, ir)``: called with the IR after every pass of either level (a
+    :class:`~amosc.ir.tensor.TensorGraph` or a :class:`~amosc.ir.nodes.Program`; names in
+    :data:`PASS_NAMES`).
     """
     import warnings
     opts = opts or Options(**kw)
@@ -144,22 +162,26 @@ def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, *,
         if strict:
             warnings.simplefilter("error", CalibrationWarning)
         try:
-            return _compile(model_path, calib, opts, limits or Limits(), calib_name)
+            return _compile(model_path, calib, opts, limits or Limits(), calib_name, dump)
         except CalibrationWarning as w:
             raise CalibrationError(f"{w} (an error with --strict)") from None
 
 
-def _compile(model_path, calib, opts: Options, limits: Limits, calib_name: str) -> Program:
-    fg = import_model(model_path, maxpool=opts.maxpool)
+def _compile(model_path, calib, opts: Options, limits: Limits, calib_name: str, dump=None) -> Program:
+    fg = import_graph(model_path, opts.maxpool, dump)
     raw, calib = calib, check_input_array(calib, fg.input_shape, "calibration data", calib_name)
     check_raw_calibration(raw, calib_name)
     est = resources.estimate(fg, opts.bits, opts.weight_bits, calib.shape[0], CALIB_BATCH)
     resources.check(est, limits, "fitted units counted as one K-bit unit per element")
     alphas, ranges, balance, in_range = calibrate(fg, calib, opts)
-    fg = expand_fitted(fg, ranges, opts.bits, balance, opts.fit_tolerance)
+    def expand_fitted(g):
+        return expand(g, ranges, opts.bits, balance, opts.fit_tolerance)
+    fg = run_tensor_passes(fg, [expand_fitted], dump)
     est = resources.estimate(fg, opts.bits, opts.weight_bits, calib.shape[0], CALIB_BATCH)
     resources.check(est, limits, "fitted units expanded into their segments")
     program = lower(fg, alphas, in_range, opts)
+    if dump:
+        dump("lower", program)
     program.options = {"bits": opts.bits, "calibration": opts.calibration,
                        "percentile": opts.percentile, "rounding": opts.rounding,
                        "granularity": opts.granularity, "weight_bits": opts.weight_bits,
@@ -168,4 +190,4 @@ def _compile(model_path, calib, opts: Options, limits: Limits, calib_name: str) 
                           "opset": fg.opset, "amosc": __version__, "input_name": fg.input_name,
                           "output_name": fg.output_name, "softmax": fg.softmax or "",
                           "calibration_samples": int(calib.shape[0])}
-    return run_passes(program)
+    return run_passes(program, dump=dump)

@@ -1,4 +1,4 @@
-"""Lower a calibrated :class:`FloatGraph` to the integer AMOS IR.
+"""Lower a calibrated :class:`TensorGraph` to the integer AMOS IR.
 
 For every population P the compiler picks an integer step theta_P: one code unit
 of P's input is theta_P accumulator units, so one accumulator unit is worth
@@ -21,9 +21,10 @@ from ..ir.nodes import (ACC_LIMIT, BIAS_LIMIT, ENABLE_SHIFT, MAX_WEIGHT_SHIFT, M
                         ReadoutPop)
 from ..ir.semantics import max_compartments
 from ..ir.verify import check_ranges, max_plane_shift
-from . import linear as L
+from ..ir import linear as L
 from .activations import CHORD_TOLERANCE
-from .importer import MAXPOOL_MODES, FloatGraph
+from ..ir.tensor import TensorGraph
+from .importer import MAXPOOL_MODES
 
 MARGIN = 0.97  # head-room for mantissa rounding; the exact bound is re-checked after
 THETA_TARGET = 64  # accumulator units per output step to aim for
@@ -150,7 +151,7 @@ def _csr_int8(mat) -> sp.csr_matrix:
     return out
 
 
-def lower(fg: FloatGraph, alphas: dict, input_range: tuple, opts: Options) -> Program:
+def lower(fg: TensorGraph, alphas: dict, input_range: tuple, opts: Options) -> Program:
     """Build the integer program. ``alphas``: calibrated upper range per gate name, one
     value per channel (C,); ``input_range``: (lo, hi) of the input values."""
     K = opts.bits

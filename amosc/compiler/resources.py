@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ResourceError
-from . import linear as L
+from ..ir import linear as L
 
 #: Default neuron limit: 2^24, 16 Loihi 2 chips of 1 M neurons; every fixture fits
 #: (the largest, EfficientNet at K=8, is 12.6 M neurons).

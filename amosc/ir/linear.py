@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import scipy.sparse as sp
 
-from ..ir.semantics import conv2d, conv_output_hw
+from .semantics import conv2d, conv_output_hw
 
 
 @dataclass(frozen=True, eq=False)
