@@ -71,7 +71,7 @@ def to_manifest(program: Program):
     for p in program.populations:
         d = {"name": p.name, "shape": list(p.shape), "start": int(p.start)}
         if isinstance(p, InputPop):
-            d.update(kind="input", bits=p.bits, scale=p.scale, zero_point=p.zero_point)
+            d.update(kind="input", bits=int(p.bits), scale=float(p.scale), zero_point=float(p.zero_point))
         else:
             key = f"pop/{len(pops)}/bias.npy"
             arrays[key] = p.bias
@@ -83,7 +83,7 @@ def to_manifest(program: Program):
                 if p.fit is not None:
                     d["fit"] = p.fit
                 if p.compartments > 1:
-                    d["compartments"] = p.compartments
+                    d["compartments"] = int(p.compartments)
             else:
                 d.update(kind="readout")
         pops.append(d)
@@ -156,7 +156,6 @@ def load(path) -> Program:
     if not os.path.isfile(path):
         raise ArtifactError(f"{path}: no such file")
     limit = max_artifact_bytes()
-    from .verify import verify
     try:
         try:
             z = zipfile.ZipFile(path)
@@ -164,9 +163,7 @@ def load(path) -> Program:
             raise _Corrupt(_one_line(exc)) from None
         with z:
             archive = _Archive(z, limit)
-            manifest = archive.manifest()
-            program = _from_manifest(manifest, archive)
-        verify(program)
+            program = from_parts(archive.manifest(), archive)
     except _Refused as exc:
         raise ArtifactError(f"{path}: {exc}") from None
     except _Corrupt as exc:
@@ -262,7 +259,6 @@ class _Archive:
                            "upgrade amosc")
         if v < 1:
             raise _Refused(f"format version {v} is not valid; this amosc reads versions 1 to {FORMAT_VERSION}")
-        _check_json(manifest)
         return manifest
 
     def array(self, name, what: str, elements: int | None = None) -> np.ndarray:
@@ -438,6 +434,20 @@ class _Arrays:
         if elements is not None and a.size > elements:
             raise _Invalid(f"{what}: array {name!r} has {a.size} elements, more than {elements}")
         return a
+
+
+def from_parts(manifest, arrays) -> Program:
+    """The verified program of a manifest (as :func:`to_manifest` makes) and its arrays (an
+    archive, or a function ``key -> ndarray`` raising KeyError: the text form,
+    :mod:`amosc.ir.asm`), checked as :func:`load` checks a file: JSON strings and nesting,
+    every field's type and range, every array's dtype and shape, the node invariants, then
+    :func:`~amosc.ir.verify.verify`. Raises IRError (or RangeError) naming the population,
+    projection or field at fault."""
+    from .verify import verify
+    _check_json(manifest)
+    program = _from_manifest(manifest, arrays)
+    verify(program)
+    return program
 
 
 def _from_manifest(m: dict, archive) -> Program:
