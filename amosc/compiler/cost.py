@@ -29,12 +29,17 @@ def units_per_element(pop) -> int:
     return pop.code.bits if isinstance(pop, (InputPop, GatePop)) else 1
 
 
+def depth(pop) -> int:
+    """Steps a population's code takes (1 for a readout: read one step after its input)."""
+    return pop.code.depth if isinstance(pop, (InputPop, GatePop)) else 1
+
+
 def graph(program: Program) -> nx.DiGraph:
-    """The program as a DAG: a node per population (``pop``, ``bits``: the steps its code
+    """The program as a DAG: a node per population (``pop``, ``depth``: the steps its code
     takes), an edge per source -> target pair (``projections``: list)."""
     g = nx.DiGraph()
     for pop in program.populations:
-        g.add_node(pop.name, pop=pop, bits=units_per_element(pop))
+        g.add_node(pop.name, pop=pop, depth=depth(pop))
     for pr in program.projections:
         if g.has_edge(pr.source, pr.target):
             g.edges[pr.source, pr.target]["projections"].append(pr)
@@ -45,10 +50,10 @@ def graph(program: Program) -> nx.DiGraph:
 
 def critical_path(program: Program) -> tuple[int, list]:
     """(latency in steps, the populations on the longest path): a source hands its code on
-    after its K steps, the readout is read one step after its input arrives."""
+    after its depth in steps, the readout is read one step after its input arrives."""
     g = graph(program)
     for u, v in g.edges:
-        g.edges[u, v]["steps"] = g.nodes[u]["bits"]
+        g.edges[u, v]["steps"] = g.nodes[u]["depth"]
     path = nx.dag_longest_path(g, weight="steps")
     return nx.dag_longest_path_length(g, weight="steps") + 1, path
 
@@ -66,7 +71,7 @@ def fan_in(pr) -> np.ndarray:
 
 def _has_delays(program: Program, pr) -> bool:
     src, tgt = program.pop(pr.source), program.pop(pr.target)
-    return tgt.start - src.start - units_per_element(src) > 0 or units_per_element(tgt) > 1
+    return tgt.start - src.start - depth(src) > 0 or depth(tgt) > 1
 
 
 @dataclass

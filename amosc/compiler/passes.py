@@ -19,9 +19,9 @@ def schedule_asap(program: Program) -> Program:
     """Give every population the earliest start step its inputs allow.
 
     A population can start once the last unit of each source has fired:
-    start(P) = max over sources S of start(S) + K_S (Lava's one-step synapse hop
-    is part of that: unit K_S - 1 fires at start(S) + K_S - 1 and arrives one step
-    later). Shorter paths (residual branches) are balanced by synaptic delays,
+    start(P) = max over sources S of start(S) + D_S, D_S the depth of S's code (K for a
+    sequential code; Lava's one-step synapse hop is part of that: the last unit fires at
+    start(S) + D_S - 1 and arrives one step later). Shorter paths (residual branches) are balanced by synaptic delays,
     which the timing rules derive from the start steps (docs/ir.md#timing).
     """
     starts: dict[str, int] = {}
@@ -30,7 +30,7 @@ def schedule_asap(program: Program) -> Program:
         if isinstance(pop, InputPop):
             start = 0
         else:
-            start = max(starts[pr.source] + program.pop(pr.source).code.bits
+            start = max(starts[pr.source] + program.pop(pr.source).code.depth
                         for pr in program.incoming(pop.name))
         starts[pop.name] = start
         pops.append(replace(pop, start=start))

@@ -41,6 +41,8 @@ MIN_WEIGHT_SHIFT = -7
 THRESHOLD_LIMIT = 2**17 - 1
 #: Largest code length K (units per gate, bits of the input encoder), as ``--bits``.
 MAX_BITS = 16
+#: units of one code (a flash ADC of 8 bits has 255)
+MAX_UNITS = 255
 #: Largest |h_k|: an inhibition weight is part of a neuron's 18-bit input (ACC_LIMIT).
 RESET_LIMIT = ACC_LIMIT
 #: Largest |d_k|: a plane's weights are M * d_k * 2^e with e >= MIN_WEIGHT_SHIFT and shift
@@ -94,11 +96,19 @@ class Code:
 
     For a ReLU unit with step theta and rounding offset r: T_k = 2^(K-1-k) theta - r,
     h_k = 2^(K-1-k) theta, d_k = 2^(K-1-k), so c = clip(floor((y + r) / theta), 0, 2^K - 1).
+
+    ``steps`` (optional): the step, relative to the population's start, at which each unit
+    fires (non-decreasing from 0, rising by at most 1). Units of one step fire together and
+    do not inhibit each other: z_k = [y - sum_{j: steps_j < steps_k} h_j z_j >= T_k]. Empty
+    (the default): unit k fires at step k, the sequential AMOS code. :meth:`radix` builds the
+    radix-2^r and flash ADCs with it (docs/ir.md#gate-structures). ``bits`` is the number of
+    units, ``depth`` the number of steps.
     """
 
     thresholds: tuple[int, ...]
     resets: tuple[int, ...]
     weights: tuple[int, ...]
+    steps: tuple[int, ...] = ()
 
     def __post_init__(self):
         k = len(self.thresholds)
@@ -107,8 +117,8 @@ class Code:
                 f"code needs K >= 1 and K thresholds, resets and weights; got "
                 f"{len(self.thresholds)}, {len(self.resets)}, {len(self.weights)}"
             )
-        if k > MAX_BITS:
-            raise IRError(f"code has {k} units; at most {MAX_BITS} (MAX_BITS)")
+        if k > MAX_UNITS:
+            raise IRError(f"code has {k} units; at most {MAX_UNITS} (MAX_UNITS)")
         for what, vals in (("thresholds", self.thresholds), ("resets", self.resets),
                            ("weights", self.weights)):
             bad = [v for v in vals if not is_int(v)]
@@ -123,10 +133,29 @@ class Code:
         for d in self.weights:
             if abs(d) > CODE_WEIGHT_LIMIT:
                 raise IRError(f"code weight {d} outside [-{CODE_WEIGHT_LIMIT}, {CODE_WEIGHT_LIMIT}]")
+        if self.steps != ():
+            st = self.steps
+            if not isinstance(st, tuple) or len(st) != k or not all(is_int(v) for v in st):
+                raise IRError(f"code steps must be a tuple of {k} integers, got {st!r}")
+            if st[0] != 0 or any(not 0 <= b - a <= 1 for a, b in zip(st, st[1:])):
+                raise IRError(f"code steps must start at 0 and rise by 0 or 1 per unit, got {st!r}")
+            if st == tuple(range(k)):
+                raise IRError("code steps equal to 0..K-1 are the default: leave them empty")
 
     @property
     def bits(self) -> int:
+        """The number of units (K)."""
         return len(self.thresholds)
+
+    @property
+    def unit_steps(self) -> tuple:
+        """The step of each unit relative to the population's start."""
+        return self.steps or tuple(range(len(self.thresholds)))
+
+    @property
+    def depth(self) -> int:
+        """Steps the code takes: its last unit fires at start + depth - 1."""
+        return self.unit_steps[-1] + 1
 
     @property
     def max_code(self) -> int:
@@ -145,8 +174,35 @@ class Code:
         pw = [2 ** (bits - 1 - k) for k in range(bits)]
         return cls(tuple(p * theta - offset for p in pw), tuple(p * theta for p in pw), tuple(pw))
 
+    @classmethod
+    def radix(cls, bits: int, r: int, theta: int = 1, offset: int = 0) -> "Code":
+        """A ``bits``-bit ADC of radix 2^r: stages of r bits (the last one smaller when r does
+        not divide ``bits``), most significant first; stage s of b_s bits is 2^b_s - 1
+        thermometer units of weight w_s = 2^(bits resolved after s) firing in step s, unit
+        j = 1..2^b_s - 1 with T = j w_s theta - offset and h = w_s theta. The code is
+        clip(floor((y + offset) / theta), 0, 2^bits - 1), as :meth:`binary` (r = 1) gives;
+        r = bits is the flash ADC (one step)."""
+        if bits < 1 or not 1 <= r <= bits or theta < 1 or not 0 <= offset < theta:
+            raise IRError(f"radix code needs 1 <= r <= bits, theta >= 1, 0 <= offset < theta "
+                          f"(got bits={bits}, r={r}, theta={theta}, offset={offset})")
+        if r == 1:
+            return cls.binary(bits, theta, offset)
+        full, rest = divmod(bits, r)
+        sizes = (r,) * full + ((rest,) if rest else ())
+        t, h, d, st = [], [], [], []
+        low = bits
+        for s, b in enumerate(sizes):
+            low -= b
+            w = 2 ** low
+            for j in range(1, 2 ** b):
+                t.append(j * w * theta - offset)
+                h.append(w * theta)
+                d.append(w)
+                st.append(s)
+        return cls(tuple(t), tuple(h), tuple(d), tuple(st))
+
     def is_binary(self) -> bool:
-        return all(d == 2 ** (self.bits - 1 - k) for k, d in enumerate(self.weights))
+        return not self.steps and all(d == 2 ** (self.bits - 1 - k) for k, d in enumerate(self.weights))
 
 
 @dataclass(frozen=True, eq=False)

@@ -53,7 +53,7 @@ def describe(program: Program) -> dict:
             if isinstance(pop, GatePop):
                 c = pop.code
                 d.update(activation=pop.activation, bits=c.bits, thresholds=list(c.thresholds),
-                         resets=list(c.resets), weights=list(c.weights), end=pop.start + c.bits - 1)
+                         resets=list(c.resets), weights=list(c.weights), end=pop.start + c.depth - 1)
                 bp = binary_params(c)
                 if bp:
                     d.update(theta=bp[0], offset=bp[1])

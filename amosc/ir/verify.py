@@ -136,10 +136,10 @@ def verify(program: Program, ranges: bool = True) -> None:
                              f"more than the 8-bit mantissa's 2^{MAX_WEIGHT_SHIFT}")
         if proj.exp.min() < MIN_WEIGHT_SHIFT:
             raise RangeError(f"projection {proj.name!r}: exponent {proj.exp.min()} below {MIN_WEIGHT_SHIFT}")
-        if tgt.start < src.start + src.code.bits:
+        if tgt.start < src.start + src.code.depth:
             raise IRError(f"projection {proj.name!r}: target {tgt.name!r} starts at step {tgt.start}, "
                           f"before source {src.name!r}'s last unit fires (step "
-                          f"{src.start + src.code.bits - 1}); run the schedule pass")
+                          f"{src.start + src.code.depth - 1}); run the schedule pass")
     for pop in program.populations:
         if not isinstance(pop, InputPop) and pop.name not in incoming:
             raise IRError(f"population {pop.name!r} has no incoming projection")
