@@ -92,7 +92,8 @@ def test_dump_is_called_after_every_pass_of_both_levels(tmp_path):
     import amosc
     seen = []
     path = save(small_cnn(), tmp_path / "m.onnx")
-    amosc.compile(path, structured_inputs((1, 12, 12), 32), bits=3,
+    plain = amosc.compile(path, structured_inputs((1, 12, 12), 32), bits=3)
+    amosc.compile(path, structured_inputs((1, 12, 12), 32), bits=3, latency_budget=plain.latency - 1,
                   dump=lambda name, ir: seen.append((name, type(ir).__name__)))
     assert [n for n, _ in seen] == list(PASS_NAMES)
     kinds = dict(seen)

@@ -277,6 +277,10 @@ def _check(program) -> None:
                 f"population {pop.name!r}: max-join compartments (m = {m}, lateral-inhibition pooling "
                 "from --maxpool lipool) have no NIR primitive: NIR sums a node's inputs, it cannot take "
                 "their max; compile with --maxpool tree to export to NIR")
+        if getattr(getattr(pop, "code", None), "steps", ()):
+            raise NIRExportError(f"population {pop.name!r} is a radix/flash ADC (several units fire in one "
+                                 "step); NIR export writes sequential AMOS codes only: compile without "
+                                 "--latency-budget / --neuron-budget to export to NIR")
         if len(pop.shape) not in (1, 3):
             raise NIRExportError(f"population {pop.name!r}: shape {pop.shape}; NIR export handles "
                                  "(features,) and (channels, height, width) populations")

@@ -17,11 +17,12 @@ from .importer import import_model
 from .passes import DEFAULT_PASSES
 from .quantize import Options, lower
 from .resources import Limits
+from .structures import apply_plan, optimize, program_nodes
 from .tensor_passes import IMPORT_PASSES, run_tensor_passes
 
 #: Every pass ``compile_model(dump=...)`` reports, in pipeline order (tensor IR, then integer IR).
 PASS_NAMES = ("import", *(p.__name__ for p in IMPORT_PASSES), "expand_fitted", "lower",
-              *(p.__name__ for p in DEFAULT_PASSES))
+              *(p.__name__ for p in DEFAULT_PASSES), "choose_structures")
 
 MAX_CALIB_VALUES = 4_000_000  # per tensor; larger tensors are subsampled deterministically
 
@@ -142,7 +143,8 @@ def fitted_range(v: np.ndarray, opts: Options, fn) -> tuple:
 
 def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, *,
                   limits: Limits | None = None, strict: bool = False, calib_name: str = "",
-                  dump=None, **kw) -> Program:
+                  dump=None, latency_budget: int | None = None, neuron_budget: int | None = None,
+                  **kw) -> Program:
     """Compile an ONNX classifier to a verified AMOS program.
 
     ``calib``: float array (N, *input_shape) of representative inputs (``calib_name``:
@@ -154,7 +156,10 @@ def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, *,
     :class:`~amosc.errors.CalibrationWarning`; ``strict=True`` makes it a CalibrationError.
     ``dump(name, ir)``: called with the IR after every pass of either level (a
     :class:`~amosc.ir.tensor.TensorGraph` or a :class:`~amosc.ir.nodes.Program`; names in
-    :data:`PASS_NAMES`).
+    :data:`PASS_NAMES`). ``latency_budget`` (steps) / ``neuron_budget``: choose a structure
+    per ADC gate (SAR, radix-2^r, flash; :mod:`.structures`) for the fewest neurons within
+    the latency budget, or the lowest latency within the neuron budget, at the same
+    precision; an impossible budget raises ModelError naming the best achievable value.
     """
     import warnings
     opts = opts or Options(**kw)
@@ -162,9 +167,26 @@ def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, *,
         if strict:
             warnings.simplefilter("error", CalibrationWarning)
         try:
-            return _compile(model_path, calib, opts, limits or Limits(), calib_name, dump)
+            program = _compile(model_path, calib, opts, limits or Limits(), calib_name, dump)
         except CalibrationWarning as w:
             raise CalibrationError(f"{w} (an error with --strict)") from None
+    if latency_budget is None and neuron_budget is None:
+        return program
+    return choose_structures(program, latency_budget, neuron_budget, dump)
+
+
+def choose_structures(program: Program, latency_budget=None, neuron_budget=None, dump=None) -> Program:
+    """The ``choose_structures`` pass: pick every ADC gate's structure by the exact optimizer of
+    :func:`.structures.optimize` and apply it (verified; same integer codes, other latency)."""
+    plan = optimize(*program_nodes(program), latency_budget=latency_budget, neuron_budget=neuron_budget)
+    structured = apply_plan(program, plan)
+    verify(structured)
+    if structured.latency != plan.latency:
+        raise IRError(f"choose_structures: the scheduled latency {structured.latency} differs from the "
+                      f"optimizer's {plan.latency}")
+    if dump:
+        dump("choose_structures", structured)
+    return structured
 
 
 def _compile(model_path, calib, opts: Options, limits: Limits, calib_name: str, dump=None) -> Program:

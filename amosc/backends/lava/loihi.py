@@ -405,6 +405,13 @@ class _Plan:
 
 def plan(program: Program, record: bool = True) -> dict:
     """The standard-process network of ``program`` as plain data (see network.py)."""
+    for pop in program.populations:
+        if isinstance(pop, GatePop) and pop.code.steps:
+            raise BackendError(
+                f"population {pop.name!r} is a radix/flash ADC (several units fire in one step, docs/ir.md"
+                "#gate-structures); the 'loihi' style and `amosc export` build sequential LIFReset chains "
+                "only. Run it on backend 'lava' (fast style) or compile without --latency-budget / "
+                "--neuron-budget.")
     return _Plan(program, record).build()
 
 

@@ -12,15 +12,17 @@ docs/ir.md with their own integer state, declared as Lava Vars with their precis
   scipy sparse matrix (CSC) from the conv / dense / sparse layout; each step, for each
   source plane j that spiked, ``M @ z_j`` as the integer sum of the columns of the units
   that fired, then ``floor(d_j * (M @ z_j) * 2^e[c])`` by integer shifts, added to a ring buffer of pending arrivals (``delay_line``) at ``t + 1 + d_j``
-  (d_j = start(target) - start(source) - j - 1). Like Lava's Dense it sends first and
-  receives after, so a hop takes one step.
-- :class:`AmosUnits`: a gate's K units. ``inputs`` is a ring of the last K steps'
-  synaptic input (compartments joined by max on arrival): unit k reads the row of
-  t - k, its copy of the synapses being delayed k more. ``inhibition`` is a ring of
-  pending inhibition, unit j's spike at t arriving at unit k > j at t + k - j with
-  weight -h_j. The bias is gated as on Loihi: the unit holds ``b - E``
+  (d_j = start(target) - start(source) - s_j - 1, unit j firing at step s_j of its code:
+  s_j = j for a sequential code, the code's ``steps`` for a radix / flash ADC). Like
+  Lava's Dense it sends first and receives after, so a hop takes one step.
+- :class:`AmosUnits`: a gate's K units over D steps. ``inputs`` is a ring of the last D
+  steps' synaptic input (compartments joined by max on arrival): unit k reads the row of
+  t - s_k, its copy of the synapses being delayed s_k more. ``inhibition`` is a ring of
+  pending inhibition, unit j's spike at t arriving at each unit k of a later step at
+  t + s_k - s_j with weight -h_j (units of one step do not inhibit each other). The bias
+  is gated as on Loihi: the unit holds ``b - E``
   (E = 2^8 (floor(b / 2^8) + 1)) and the enable of weight E arrives with the input of a
-  scheduled evaluation (input s at unit k: step start + s * interval + k); a unit that
+  scheduled evaluation (input s at unit k: step start + s * interval + s_k); a unit that
   fires without it is counted as spurious. Unit k fires when
   ``v >= T_k`` (Lava's LIF: ``v > vth`` with vth = T_k - 1). A readout adds its bias to
   the input of its scheduled steps.
@@ -56,9 +58,16 @@ def _size(shape) -> int:
     return int(np.prod(shape))
 
 
+def _steps(code) -> tuple:
+    """The step of each unit relative to the population's start: the code's ``steps``, or
+    unit k at step k (docs/ir.md, gate structures)."""
+    return tuple(int(v) for v in code.steps) if code.steps else tuple(range(len(code.thresholds)))
+
+
 def _offsets(src, tgt) -> list:
-    """1 + delay of source plane j's synapses into the target's copy 0 (docs/ir.md#timing)."""
-    return [tgt.start - src.start - j for j in range(len(src.code.weights))]
+    """1 + delay of source plane j's synapses into the target's copy 0 (docs/ir.md#timing):
+    unit j fires at start(src) + step_j."""
+    return [tgt.start - src.start - s for s in _steps(src.code)]
 
 
 # ---------------------------------------------------------------------------
@@ -146,11 +155,12 @@ class AmosUnits(AbstractProcess):
     def __init__(self, *, pop, n_items, interval, dump, name=None):
         n = _size(pop.shape)
         k = len(pop.code.thresholds) if hasattr(pop, "code") else 1
+        depth = _steps(pop.code)[-1] + 1 if hasattr(pop, "code") else 1
         super().__init__(pop=pop, n_items=n_items, interval=interval, dump=dump, name=name)
         self.a_in = InPort(shape=(_size(pop.input_shape),))  # compartments of a max-join unit
         self.s_out = OutPort(shape=(k * n if hasattr(pop, "code") else 1,))
-        self.inputs = Var(shape=(k, n), init=0)          # joined input of steps t-K+1..t
-        self.inhibition = Var(shape=(k, k, n), init=0)   # pending inhibition by arrival step, unit
+        self.inputs = Var(shape=(depth, n), init=0)          # joined input of steps t-D+1..t
+        self.inhibition = Var(shape=(depth, k, n), init=0)   # pending inhibition by arrival step, unit
 
 
 @implements(proc=AmosSynapses, protocol=LoihiProtocol)
@@ -213,6 +223,8 @@ class PyAmosUnitsModel(PyLoihiProcessModel):
         if self.gate:
             code = pop.code
             self.k = len(code.thresholds)
+            self.steps = _steps(code)
+            self.depth = self.steps[-1] + 1
             self.thresholds = [int(x) for x in code.thresholds]
             self.resets = [int(x) for x in code.resets]
             # gated bias: constant b - E in [-2^8, -1], enable spike of weight E
@@ -220,7 +232,7 @@ class PyAmosUnitsModel(PyLoihiProcessModel):
             self.idle_bias = self.bias - self.enable
             self.raster = np.zeros((self.n_items, self.k, self.n), np.uint8)
             self.spurious = 0
-            self.last = (self.n_items - 1) * self.interval + self.first + self.k - 1
+            self.last = (self.n_items - 1) * self.interval + self.first + self.depth - 1
         else:
             self.k = 1
             self.output = np.zeros((self.n_items, self.n), np.int64)
@@ -249,13 +261,13 @@ class PyAmosUnitsModel(PyLoihiProcessModel):
             self._write()
 
     def _gate_step(self, t: int, a: np.ndarray):
-        k_all, n = self.k, self.n
-        self.inputs[t % k_all] = a
-        pending = self.inhibition[t % k_all]
+        k_all, n, depth, st = self.k, self.n, self.depth, self.steps
+        self.inputs[t % depth] = a
+        pending = self.inhibition[t % depth]
         z = np.zeros((k_all, n), np.int32)
         for k in range(k_all):
-            s = self._slot(t - k - self.first)
-            v = self.inputs[(t - k) % k_all].astype(np.int64) + pending[k] + self.idle_bias
+            s = self._slot(t - st[k] - self.first)
+            v = self.inputs[(t - st[k]) % depth].astype(np.int64) + pending[k] + self.idle_bias
             if s is not None:
                 v += self.enable
             zk = v >= self.thresholds[k]
@@ -266,11 +278,12 @@ class PyAmosUnitsModel(PyLoihiProcessModel):
                 self.raster[s, k] = zk
         pending[:] = 0
         self.s_out.send(z.reshape(-1))
-        for j in range(k_all - 1):  # unit j inhibits unit k > j, arriving at t + k - j
+        for j in range(k_all - 1):  # unit j inhibits the units of later steps, arriving at their step
             if z[j].any():
                 inh = self.resets[j] * z[j]
                 for k in range(j + 1, k_all):
-                    self.inhibition[(t + k - j) % k_all, k] -= inh
+                    if st[k] > st[j]:
+                        self.inhibition[(t + st[k] - st[j]) % depth, k] -= inh
 
     def _write(self):
         tmp = self.dump + ".tmp.npz"
