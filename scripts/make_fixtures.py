@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Train and export four small CNN fixture models (MobileNetV2-, EfficientNet-style, a
-GELU/MaxPool CNN and a ReLU/MaxPool CNN) on Fashion-MNIST, for testing the compiler on other op patterns.
+"""Train and export seven small CNN fixture models (MobileNetV2-, two EfficientNet-style,
+three GELU/ReLU CNNs and an Inception-style CNN) on Fashion-MNIST, for testing the compiler on other op patterns.
 
 This script is *not* part of the amosc package and needs PyTorch, which the
 project itself does not depend on.  Run it from a separate environment, e.g.::
@@ -15,14 +15,19 @@ training loop and the ONNX export are shared with scripts/make_example.py.
 
 The models are trained on the training split only.  They share the calibration and
 test data already shipped with the example model (examples/fmnist_resnet/calib.npy:
-512 training images; test_x.npy / test_y.npy: the first 500 test images), so no data
-is written here.
+512 training images; test_x.npy / test_y.npy: the first 500 test images).  The larger
+held-out set, examples/fmnist_test2000.npz (the first 2000 official test images as
+uint8 "x" (2000, 1, 28, 28) and their uint8 labels "y"; the first 500 are test_x.npy),
+is (re)written by every run (--heldout; load_heldout reads it).
 
 Outputs (in --out):
     mobilenet.onnx     opset 11, fixed batch 1: input "input" (1, 1, 28, 28) -> "probs" (1, 10)
     efficientnet.onnx  opset 17, symbolic batch: input "input" (N, 1, 28, 28) -> "probs" (N, 10)
     gelu_maxpool.onnx  opset 13, symbolic batch: input "input" (N, 1, 28, 28) -> "probs" (N, 10)
     relu_maxpool.onnx  opset 9, symbolic batch: input "input" (N, 1, 28, 28) -> "probs" (N, 10)
+    gelu_wide.onnx     opset 18, symbolic batch
+    effnet_se6.onnx    opset 15, fixed batch 1
+    inception.onnx     opset 19, symbolic batch
     README.md          description, op histograms, accuracies, how to regenerate
 Inputs are float32 pixels / 255 in [0, 1] (no normalization); outputs are softmax
 probabilities.  BatchNormalization nodes are kept (not folded into the convolutions).
@@ -43,6 +48,36 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_example  # noqa: E402  (shared data loading, training loop and export)
 
 SHIPPED_DATA = "examples/fmnist_resnet"
+HELDOUT = "examples/fmnist_test2000.npz"
+HELDOUT_N = 2000
+
+
+def write_heldout(path: str, data, n: int = HELDOUT_N):
+    """The first n official test images (uint8 pixels, (n, 1, 28, 28)) and labels (uint8)
+    as a compressed .npz with fixed zip timestamps, so regenerating it gives the same bytes."""
+    import io
+    import zipfile
+
+    x = np.rint(data["test_x"][:n] * 255).astype(np.uint8)
+    y = data["test_y"][:n].astype(np.uint8)
+    assert np.array_equal(x.astype(np.float32) / np.float32(255.0), data["test_x"][:n])
+    tmp = path + ".tmp"
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for key, arr in (("x", x), ("y", y)):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, arr, allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, buf.getvalue(), compresslevel=9)
+    os.replace(tmp, path)
+    print(f"wrote {path}: {n} test images, {os.path.getsize(path)} bytes")
+
+
+def load_heldout(path: str = HELDOUT):
+    """(x float32 (n, 1, 28, 28) in [0, 1], y int64 (n,)) from the held-out .npz, scaled as
+    the models' inputs (pixel / 255, bit-identical to examples/fmnist_resnet/test_x.npy)."""
+    with np.load(path) as f:
+        return f["x"].astype(np.float32) / np.float32(255.0), f["y"].astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- models
@@ -189,6 +224,114 @@ def build_relu_maxpool():
     return ReluMaxPool()
 
 
+def build_gelu_wide():
+    """GELU CNN with a 5x5 stem, other widths and the wide Flatten -> Linear head (1568 ->
+    64) after GELU."""
+    import torch.nn as nn
+
+    def conv_bn_gelu(cin, cout, k):
+        return [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.GELU()]
+
+    class GeluWide(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(
+                *conv_bn_gelu(1, 24, 5), nn.MaxPool2d(2),    # 24x14x14
+                *conv_bn_gelu(24, 32, 3), nn.MaxPool2d(2),   # 32x7x7
+            )
+            self.classifier = nn.Sequential(
+                nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.GELU(), nn.Linear(64, 10))
+
+        def logits(self, x):
+            return self.classifier(self.features(x))
+
+        def forward(self, x):
+            return self.logits(x).softmax(dim=1)
+
+    return GeluWide()
+
+
+def build_effnet_se6():
+    """EfficientNet-style at expand x6: stride-2 stem, two MBConv blocks with
+    squeeze-excitation (the first with a stride-2 depthwise 5x5), SiLU."""
+    import torch.nn as nn
+    conv_bn, Block, _ = _parts(nn.SiLU)
+
+    class SqueezeExcite(nn.Module):
+        def __init__(self, c, reduced):
+            super().__init__()
+            self.gate = nn.Sequential(
+                nn.AdaptiveAvgPool2d(1),
+                nn.Conv2d(c, reduced, 1), nn.SiLU(),
+                nn.Conv2d(reduced, c, 1), nn.Sigmoid(),
+            )
+
+        def forward(self, x):
+            return x * self.gate(x)
+
+    def mbconv(cin, cout, k, stride, expand=6, se_reduced=8):
+        hidden = cin * expand
+        return Block([*conv_bn(cin, hidden, 1),                                # expand x6
+                      *conv_bn(hidden, hidden, k, stride, groups=hidden),      # depthwise kxk
+                      SqueezeExcite(hidden, se_reduced),
+                      *conv_bn(hidden, cout, 1, act_on=False)],                # project
+                     stride == 1 and cin == cout)
+
+    class EffNetSE6(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(
+                *conv_bn(1, 12, 3, 2),           # 12x14x14 (stride-2 stem)
+                mbconv(12, 16, 5, 2),            # 72 hidden, dw 5x5/2 -> 16x7x7
+                mbconv(16, 16, 3, 1),            # 96 hidden, dw 3x3, residual Add
+                *conv_bn(16, 48, 1),             # head 1x1 conv
+            )
+            self.gap = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(48, 10)
+
+        def logits(self, x):
+            return self.fc(self.gap(self.features(x)).flatten(1))
+
+        def forward(self, x):
+            return self.logits(x).softmax(dim=1)
+
+    return EffNetSE6()
+
+
+def build_inception():
+    """Inception-style: stem Conv+ReLU+MaxPool, four parallel branches on the stem's output
+    (1x1; 1x1 -> 3x3; 5x5; MaxPool 3x3/1 pad 1 -> 1x1), Concat, Tanh, AveragePool, a 3x3
+    conv, GlobalAveragePool + Linear head."""
+    import torch
+    import torch.nn as nn
+
+    def conv_bn(cin, cout, k):
+        return [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout)]
+
+    class Inception(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(*conv_bn(1, 16, 3), nn.ReLU(), nn.MaxPool2d(2))   # 16x14x14
+            self.b1 = nn.Sequential(*conv_bn(16, 8, 1))                                 # 1x1
+            self.b2 = nn.Sequential(*conv_bn(16, 8, 1), nn.ReLU(), *conv_bn(8, 12, 3))  # 1x1 -> 3x3
+            self.b3 = nn.Sequential(*conv_bn(16, 4, 5))                                 # 5x5
+            self.b4 = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), *conv_bn(16, 8, 1))
+            self.act = nn.Tanh()                                                        # 32x14x14
+            self.head = nn.Sequential(
+                nn.AvgPool2d(2),                                                        # 32x7x7
+                *conv_bn(32, 32, 3), nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+        def logits(self, x):
+            s = self.stem(x)
+            return self.head(self.act(torch.cat([self.b1(s), self.b2(s), self.b3(s), self.b4(s)], 1)))
+
+        def forward(self, x):
+            return self.logits(x).softmax(dim=1)
+
+    return Inception()
+
+
 MODELS = {
     "mobilenet": dict(
         build=build_mobilenet, opset=11, dynamic_batch=False, epochs=4,
@@ -223,6 +366,31 @@ MODELS = {
              "MaxPool 3x3/2 pad 1 (7x7); Conv3x3(32->32)+BN+ReLU; GlobalAveragePool, Flatten, "
              "Gemm(32->10), Softmax. Every MaxPool reads a ReLU, so both MaxPool circuits "
              "(--maxpool tree and lipool) apply; opset 9, the oldest the compiler accepts.",
+    ),
+    "gelu_wide": dict(
+        build=build_gelu_wide, opset=18, dynamic_batch=True, epochs=5,
+        arch="Conv5x5 pad 2 (1->24)+BN+GELU, MaxPool 2x2/2 (14x14); Conv3x3(24->32)+BN+GELU, "
+             "MaxPool 2x2/2 (7x7); Flatten (1568), Gemm(1568->64), GELU, Gemm(64->10), Softmax: "
+             "the wide Flatten -> Gemm head after GELU. GELU (exact, erf form) as in gelu_maxpool; "
+             "opset 18.",
+    ),
+    "effnet_se6": dict(
+        build=build_effnet_se6, opset=15, dynamic_batch=False, epochs=6,
+        arch="Conv3x3/2 (1->12)+BN+SiLU stem (14x14); MBConv 12->72->16 at expand x6 with a "
+             "depthwise 5x5 stride 2 (7x7) and squeeze-excitation (GlobalAveragePool -> 1x1 "
+             "Conv(72->8, bias) -> SiLU -> 1x1 Conv(8->72, bias) -> Sigmoid -> broadcast Mul); "
+             "MBConv 16->96->16 at expand x6, depthwise 3x3 stride 1, squeeze-excitation "
+             "(96->8->96), residual Add; head 1x1 Conv(16->48)+BN+SiLU; GlobalAveragePool, "
+             "Flatten, Gemm(48->10), Softmax. Two blocks (efficientnet.onnx has three at "
+             "expand x2); opset 15, fixed batch 1.",
+    ),
+    "inception": dict(
+        build=build_inception, opset=19, dynamic_batch=True, epochs=6,
+        arch="Stem Conv3x3(1->16)+BN+ReLU, MaxPool 2x2/2 (16x14x14); four branches on the "
+             "stem's output: 1x1 Conv(16->8)+BN; 1x1 Conv(16->8)+BN+ReLU -> 3x3 Conv(8->12)+BN; "
+             "5x5 Conv(16->4)+BN; MaxPool 3x3 stride 1 pad 1 -> 1x1 Conv(16->8)+BN; Concat "
+             "(32 channels), Tanh; AveragePool 2x2/2 (7x7); Conv3x3(32->32)+BN+ReLU; "
+             "GlobalAveragePool, Flatten, Gemm(32->10), Softmax. Opset 19.",
     ),
 }
 
@@ -332,36 +500,45 @@ def read_results(out_dir):
 def write_readme(out_dir, results, args):
     parts = ["""# Fixture models (Fashion-MNIST)
 
-Four small CNNs trained on the Fashion-MNIST training split, exported to ONNX with the
+Seven small CNNs trained on the Fashion-MNIST training split, exported to ONNX with the
 TorchScript exporter (`torch.onnx.export(..., dynamo=False)`, torch 2.13,
 `training=TrainingMode.PRESERVE`, no constant folding), to exercise the compiler on op
 patterns the example model (`examples/fmnist_resnet`) does not have: ReLU6 as `Clip`,
-depthwise convolutions, squeeze-excitation (`Sigmoid` gate, broadcast `Mul`), SiLU, GELU
-(`Erf`), `MaxPool` after GELU and after ReLU (padded too), fixed batch vs symbolic batch,
-opsets 9 / 11 / 13 / 17.
+depthwise convolutions (3x3 and 5x5, stride 1 and 2), squeeze-excitation (`Sigmoid` gate,
+broadcast `Mul`) at expand x2 and x6, SiLU, GELU (`Erf`), `MaxPool` after GELU and after
+ReLU (padded too, and 3x3 stride 1 in an Inception branch), a wide Flatten -> Gemm head
+(1568 -> 64) after GELU, parallel branches joined by `Concat` followed by `Tanh`, fixed
+batch vs symbolic batch, opsets 9 / 11 / 13 / 15 / 17 / 18 / 19. The first four
+(`mobilenet`, `efficientnet`, `gelu_maxpool`, `relu_maxpool`) are the ones the compiler
+was developed against; the last three (`gelu_wide`, `effnet_se6`, `inception`) were added
+later as held-out architectures of new shape, not tuned on.
 
 All models take `input`: float32 `(N, 1, 28, 28)` (pixel / 255 in `[0, 1]`, no mean/std
-normalization; `N` is fixed to 1 in `mobilenet.onnx`) and produce `probs`: float32
-`(N, 10)` softmax probabilities. Each graph has exactly this one input (initializers are
-not listed as graph inputs). They keep their `BatchNormalization` nodes (not folded into
-the convolutions) and use only the default ONNX domain. Any Identity nodes that the
-exporter inserts for parameters with equal values are replaced by separate initializers
-(as for the example model); `Constant` nodes (Clip bounds, GELU constants) are left as
-exported.
+normalization; `N` is fixed to 1 in `mobilenet.onnx` and `effnet_se6.onnx`) and produce
+`probs`: float32 `(N, 10)` softmax probabilities. Each graph has exactly this one input
+(initializers are not listed as graph inputs). They keep their `BatchNormalization` nodes
+(not folded into the convolutions) and use only the default ONNX domain. Any Identity
+nodes that the exporter inserts for parameters with equal values are replaced by
+separate initializers (as for the example model); `Constant` nodes (Clip bounds, GELU
+constants) are left as exported.
 
-Data: these fixtures ship no data of their own. Use the example's files, which are
-held out from training for these models too:
+Data: the fixtures share the example's files, which are held out from training for these
+models too:
 `examples/fmnist_resnet/calib.npy` (512 training images, for calibration) and
 `examples/fmnist_resnet/test_x.npy` / `test_y.npy` (the first 500 images of the official
-test set). Accuracies below are float accuracies of the ONNX models under onnxruntime.
+test set), and the larger held-out set `examples/fmnist_test2000.npz`: the first 2000
+images of the official test set (`x`: uint8 `(2000, 1, 28, 28)`, raw pixels; `y`: uint8
+labels), written by this script; `x / 255` as float32 equals `test_x.npy` on the first
+500 (`make_fixtures.load_heldout` reads it that way). Accuracies below are float
+accuracies of the ONNX models under onnxruntime.
 
-| model | params | opset | batch | test acc (500 shipped) | test acc (10k) | size |
-|-------|--------|-------|-------|------------------------|----------------|------|
+| model | params | opset | batch | test acc (500 shipped) | test acc (2000 held out) | test acc (10k) | size |
+|-------|--------|-------|-------|------------------------|--------------------------|----------------|------|
 """]
     for r in results:
         batch = "symbolic `N`" if r["dynamic_batch"] else "fixed 1"
         parts.append(f"| `{r['name']}.onnx` | {r['params']} | {r['opset']} | {batch} | "
-                     f"{r['acc_sub'] * 100:.2f}% | {r['acc_full'] * 100:.2f}% | "
+                     f"{r['acc_sub'] * 100:.2f}% | {r['acc_heldout'] * 100:.2f}% | {r['acc_full'] * 100:.2f}% | "
                      f"{r['size'] / 1024:.1f} KiB |\n")
     for r in results:
         shape = "(N, 1, 28, 28) -> (N, 10), batch axis symbolic `N`" if r["dynamic_batch"] \
@@ -374,6 +551,7 @@ test set). Accuracies below are float accuracies of the ONNX models under onnxru
 - parameters: {r['params']}; opset {r['opset']}; {shape}
 - trained {r['epochs']} epochs (Adam, one-cycle, peak lr {args.lr}, batch {args.batch}, seed {args.seed})
 - float accuracy (onnxruntime): **{r['acc_sub'] * 100:.2f}%** on the {r['n_sub']} shipped test images,
+  **{r['acc_heldout'] * 100:.2f}%** on the {r['n_heldout']} held-out images,
   **{r['acc_full'] * 100:.2f}%** on the full 10,000-image test set (torch: {r['acc_torch'] * 100:.2f}%;
   max abs difference of the probabilities onnxruntime vs torch {r['max_diff']:.1e})
 
@@ -385,7 +563,7 @@ test set). Accuracies below are float accuracies of the ONNX models under onnxru
 ## Regenerate
 
 Needs PyTorch in a separate environment, and `apt-get install -y dataset-fashion-mnist`
-for the data. Training is seeded and deterministic on CPU; all four models take about
+for the data. Training is seeded and deterministic on CPU; all {len(results)} models take about
 {sum(r['train_s'] for r in results) / 60:.0f} minutes on 1 thread:
 
 ```
@@ -414,6 +592,8 @@ def main(argv=None):
                     help=f"directory with the Fashion-MNIST idx .gz files (default {make_example.DEFAULT_DATA_DIR})")
     ap.add_argument("--shipped-data", default=SHIPPED_DATA,
                     help=f"directory with the shipped test_x.npy / test_y.npy (default {SHIPPED_DATA})")
+    ap.add_argument("--heldout", default=HELDOUT,
+                    help=f"write the first {HELDOUT_N} test images and labels here (default {HELDOUT})")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (Adam, one-cycle)")
     ap.add_argument("--seed", type=int, default=0)
@@ -427,6 +607,10 @@ def main(argv=None):
     if not (np.array_equal(test_x, data["test_x"][:n]) and np.array_equal(test_y, data["test_y"][:n])):
         sys.exit(f"error: {args.shipped_data}/test_x.npy, test_y.npy are not the first {n} test images")
 
+    write_heldout(args.heldout, data)
+    hx, hy = load_heldout(args.heldout)
+    assert np.array_equal(hx[:n], test_x) and np.array_equal(hy[:n], test_y)
+
     import torch
 
     torch.set_num_threads(args.threads)
@@ -438,6 +622,12 @@ def main(argv=None):
     for name in (args.only or MODELS):
         results[name] = make_one(name, MODELS[name], data, test_x, test_y, args)
     ordered = [results[k] for k in MODELS if k in results]
+    import onnxruntime as ort
+    for r in ordered:  # float accuracy on the held-out set, also for models not remade now
+        sess = ort.InferenceSession(os.path.join(args.out, f"{r['name']}.onnx"),
+                                    providers=["CPUExecutionProvider"])
+        r["acc_heldout"] = float((run_onnx(sess, hx, r["dynamic_batch"]).argmax(1) == hy).mean())
+        r["n_heldout"] = len(hx)
     write_readme(args.out, ordered, args)
 
     print("\nfiles:")
