@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir.nodes import GatePop, InputPop, Program, ReadoutPop
-from ..ir.semantics import bit_planes, decode, enable_weights, encode_input, join, plane_input
+from ..ir.semantics import bit_planes, decode, enable_weights, encode_input, join, plane_inputs
 from ..progress import progress
 from .base import Backend, RunResult
 
@@ -58,10 +58,15 @@ class SynapseState:
         self.offsets = [tgt.start - src.start - j for j in range(src.code.bits)]  # 1 + d_j
 
     def deliver(self, z: np.ndarray, t: int, arrive) -> None:
-        """z (K, lanes, *in_shape) spikes at step t; calls arrive(step, y) per active plane."""
-        for j in range(self.code.bits):
-            if z[j].any():
-                arrive(t + self.offsets[j], plane_input(self.proj, self.code.weights[j], z[j]))
+        """z (K, lanes, *in_shape) spikes at step t; calls arrive(step, y) per active plane.
+        The active planes' synaptic sums are computed by one product (each plane's
+        floor(d_j (M @ z_j) 2^e) on its own, :func:`~amosc.ir.semantics.plane_inputs`)."""
+        active = [j for j in range(self.code.bits) if z[j].any()]
+        if not active:
+            return
+        y = plane_inputs(self.proj, [self.code.weights[j] for j in active], z[active])
+        for i, j in enumerate(active):
+            arrive(t + self.offsets[j], y[i])
 
 
 class UnitsState:
@@ -70,13 +75,18 @@ class UnitsState:
     Unit k at step t sees copy-0 arrivals of step t - k (its synapses are delayed k
     more), minus inhibition from units j < k of the same input, plus its bias,
     which is gated: without the enable E of a scheduled input it holds b - E < 0.
+
+    The units evaluating at step t - k + k' for k' = 0..K-1 form a *wave* (the input
+    whose unit 0 evaluated at w = t - k); ``inh[w]`` is the inhibition the wave's units
+    have sent so far: unit j's spike at w + j adds h_j z_j, which reaches every later
+    unit k > j of the wave (at w + k, delay k - j - 1) before it evaluates.
     """
 
     def __init__(self, pop, lanes: int, schedule: Schedule):
         self.pop, self.lanes, self.sched = pop, lanes, schedule
         self.acc: dict[int, np.ndarray] = {}
         self.joined: dict[int, np.ndarray] = {}  # compartments > 1: acc joined by max
-        self.hist: dict[int, np.ndarray] = {}
+        self.inh: dict[int, np.ndarray] = {}
         self.bias = pop.bias.astype(np.int64)
         self.idle_bias = self.bias - enable_weights(self.bias)  # in [-2^ENABLE_SHIFT, -1]
         self.spurious = 0
@@ -99,10 +109,10 @@ class UnitsState:
 
     def forget(self, t: int) -> None:
         """After step t, drop what no later step reads: unit k at step t' reads the arrivals
-        of t' - k and the spikes of t' - k + j (j < k), so nothing before t + 2 - K (a
-        readout reads only its own step's arrivals)."""
+        and the wave inhibition of t' - k, so nothing before t + 2 - K (a readout reads only
+        its own step's arrivals)."""
         oldest = t + 2 - (self.pop.code.bits if isinstance(self.pop, GatePop) else 1)
-        for store in (self.acc, self.joined, self.hist):
+        for store in (self.acc, self.joined, self.inh):
             for key in [k for k in store if k < oldest]:
                 del store[key]
 
@@ -114,24 +124,32 @@ class UnitsState:
         a = self.acc.get(t)
         return s, np.broadcast_to(self.bias, (self.lanes, *self.pop.shape)) + (0 if a is None else a)
 
+    def _bias(self, s):
+        """Each lane's bias term: b where slot s enables the lane (a scheduled input), else b - E."""
+        en = self.sched.enabled[s] if s is not None else np.zeros(self.lanes, bool)
+        if en.all():
+            return self.bias
+        if not en.any():
+            return self.idle_bias
+        return np.where(en.reshape((self.lanes,) + (1,) * len(self.pop.shape)), self.bias, self.idle_bias)
+
     def step(self, t: int, note=None):
         """Spikes (K, lanes, *shape) of step t, or None when silent. ``note(slot, k, z_k)``
         is called for every unit evaluated for a scheduled input."""
         code, shape = self.pop.code, self.pop.shape
         z = None
         for k in range(code.bits):
-            a = self._input(t - k)
-            inh = 0
-            for j in range(k):  # inhibition from unit j, fired at t - k + j
-                hj = self.hist.get(t - k + j)
-                if hj is not None:
-                    inh = inh + code.resets[j] * hj[j].astype(np.int64)
-            s = self.sched.slot_at(t - self.pop.start - k)
-            if s is None and a is None and np.isscalar(inh):
+            w = t - k  # the wave of unit k: its synaptic input arrived for w
+            a, inh = self._input(w), self.inh.get(w)
+            s = self.sched.slot_at(w - self.pop.start)
+            if s is None and a is None and inh is None:
                 continue  # idle unit: v = b - E < 1, provably silent
-            en = self.sched.enabled[s] if s is not None else np.zeros(self.lanes, bool)
-            en = en.reshape((self.lanes,) + (1,) * len(shape))
-            zk = ((0 if a is None else a) - inh + np.where(en, self.bias, self.idle_bias)) >= code.thresholds[k]
+            v = np.broadcast_to(self._bias(s), (self.lanes, *shape))
+            if a is not None:
+                v = v + a
+            if inh is not None:
+                v = v - inh
+            zk = v >= code.thresholds[k]
             if s is None:
                 self.spurious += int(zk.sum())
             elif note is not None:
@@ -140,8 +158,9 @@ class UnitsState:
                 if z is None:
                     z = np.zeros((code.bits, self.lanes, *shape), np.uint8)
                 z[k] = zk
-        if z is not None:
-            self.hist[t] = z
+                if k + 1 < code.bits:  # unit k inhibits the wave's later units
+                    hz = code.resets[k] * zk.astype(np.int64)
+                    self.inh[w] = hz if inh is None else inh + hz
         return z
 
 

@@ -8,17 +8,25 @@ tests compare the two integer for integer.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import IRError
 from .nodes import Code, GatePop, InputPop, Program, Projection, ReadoutPop
 
 
 # ---------------------------------------------------------------------------
-# Linear kernels, shared by the compiler (float64) and the simulators (integers
-# carried exactly in float64: every sum stays far below 2**53).
+# Linear kernels, shared by the compiler (float64) and the simulators (integers,
+# computed exactly in floating point, see integer_product).
 # ---------------------------------------------------------------------------
+
+#: Bytes one im2col buffer (and so one conv's matrix product) may take; larger batches are
+#: split into pieces of this size, so working memory stays bounded at any batch size.
+CONV_CHUNK_BYTES = 64 << 20
+#: Integers of magnitude below these are exact in float32 / float64 (their significands).
+FLOAT32_EXACT, FLOAT64_EXACT = 2**24, 2**53
+
 
 def conv_output_hw(hw, kernel, strides, pads, dilations):
     (h, w), (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = hw, kernel, strides, pads, dilations
@@ -30,39 +38,147 @@ def conv_output_hw(hw, kernel, strides, pads, dilations):
 def conv2d(x: np.ndarray, w: np.ndarray, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
            groups: int = 1) -> np.ndarray:
     """ONNX Conv (cross-correlation) of x (N, C, H, W) with w (Co, C/groups, kh, kw), float64."""
-    x = np.asarray(x, dtype=np.float64)
-    w = np.asarray(w, dtype=np.float64)
-    n, c, _, _ = x.shape
+    return _conv(np.asarray(x, dtype=np.float64), np.asarray(w, dtype=np.float64), strides, pads,
+                 dilations, groups)
+
+
+def _conv(x, w, strides, pads, dilations, groups):
+    """conv2d in the dtype of x and w, the batch split into pieces whose working arrays
+    take about CONV_CHUNK_BYTES.
+
+    Shifted products: the zero-padded input is cut into its strides' phases (rows
+    a::sh, columns b::sw), each laid out as one matrix (C, n * Hq * Wq). Output position
+    (y, x) of image m reads tap (i, j) at phase (i dh % sh, j dw % sw), row y + i dh // sh,
+    column x + j dw // sw: a fixed offset in that flat layout. So every tap is one matrix
+    product of its weights (per group) with a shifted view of a phase, accumulated over
+    the taps on the whole (Hq, Wq) grid, of which the (Ho, Wo) corner is kept. When that
+    grid is much larger than the output (a kernel nearly as large as the image), the
+    windows are gathered instead (im2col) and multiplied once."""
+    n, c, h, wd = x.shape
     co, cig, kh, kw = w.shape
     (sh, sw), (pt, pl, pb, pr), (dh, dw) = strides, pads, dilations
     if cig * groups != c or co % groups:
         raise IRError(f"conv2d: weight {w.shape} with groups={groups} does not fit input {x.shape}")
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    win = sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
-    win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # (N, C, Ho, Wo, kh, kw)
-    ho, wo = win.shape[2], win.shape[3]
-    if groups == 1:
-        return np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3])).transpose(0, 3, 1, 2)
-    # grouped: one batched matrix product per group (BLAS), windows as rows
-    cog = co // groups
-    rows = win.reshape(n, groups, cig, ho, wo, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
-    rows = rows.reshape(groups, n * ho * wo, cig * kh * kw)
-    out = np.matmul(rows, w.reshape(groups, cog, cig * kh * kw).transpose(0, 2, 1))
-    return out.reshape(groups, n, ho, wo, cog).transpose(1, 0, 4, 2, 3).reshape(n, co, ho, wo)
+    ho, wo = conv_output_hw((h, wd), (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw))
+    hq, wq = -(-(h + pt + pb) // sh), -(-(wd + pl + pr) // sw)
+    shifted = hq * wq <= 2 * ho * wo
+    per_image = (c * kh * kw * ho * wo if not shifted else (c + 2 * co) * hq * wq) * x.itemsize
+    step = max(1, CONV_CHUNK_BYTES // max(1, per_image))
+    out = np.empty((n, co, ho, wo), np.result_type(x, w))
+    for s in range(0, n, step):
+        xs = x[s:s + step]
+        xs = np.pad(xs, ((0, 0), (0, 0), (pt, hq * sh - h - pt), (pl, wq * sw - wd - pl)))
+        y = (_conv_shifted if shifted else _conv_im2col)(xs, w, (sh, sw), (dh, dw), groups, (ho, wo))
+        out[s:s + len(xs)] = y.transpose(1, 0, 2, 3)
+    return out
+
+
+def _conv_shifted(xp, w, strides, dilations, groups, out_hw):
+    """_conv's shifted products on the padded input xp (m, C, Hq sh, Wq sw) -> (Co, m, Ho, Wo)."""
+    m, c = xp.shape[:2]
+    co, cig, kh, kw = w.shape
+    (sh, sw), (dh, dw), (ho, wo) = strides, dilations, out_hw
+    hq, wq = xp.shape[2] // sh, xp.shape[3] // sw
+    size = m * hq * wq
+    phases = {}
+    acc = np.zeros((groups, co // groups, size), np.result_type(xp, w))
+    wt = np.ascontiguousarray(w.reshape(groups, co // groups, cig, kh, kw).transpose(3, 4, 0, 1, 2))  # BLAS operands
+    for i in range(kh):
+        for j in range(kw):
+            (qi, a), (qj, b) = divmod(i * dh, sh), divmod(j * dw, sw)
+            if (a, b) not in phases:  # (groups, C/groups, m * Hq * Wq), contiguous
+                phases[a, b] = np.ascontiguousarray(xp[:, :, a::sh, b::sw].transpose(1, 0, 2, 3)).reshape(
+                    groups, cig, size)
+            off = qi * wq + qj
+            acc[:, :, :size - off] += np.matmul(wt[i, j], phases[a, b][:, :, off:])
+    return acc.reshape(co, m, hq, wq)[:, :, :ho, :wo]
+
+
+def _conv_im2col(xp, w, strides, dilations, groups, out_hw):
+    """_conv's gathered windows: rows (C/groups * kh * kw, m * Ho * Wo) per group, one product."""
+    m, c = xp.shape[:2]
+    co, cig, kh, kw = w.shape
+    (sh, sw), (dh, dw), (ho, wo) = strides, dilations, out_hw
+    xt = xp.transpose(1, 0, 2, 3)
+    cols = np.empty((c, kh, kw, m, ho, wo), xp.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, i, j] = xt[:, :, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw]
+    y = np.matmul(w.reshape(groups, co // groups, cig * kh * kw), cols.reshape(groups, cig * kh * kw, -1))
+    return y.reshape(co, m, ho, wo)
 
 
 def linear(kind: str, weight, attrs: dict, x: np.ndarray, out_shape) -> np.ndarray:
     """Apply a projection's linear map to x (N, *in_shape); float64 result (N, *out_shape)."""
+    if kind == "sparse":
+        weight = weight.astype(np.float64)
+    elif kind in ("conv", "dense"):
+        weight = np.asarray(weight, dtype=np.float64)
+    return _apply(kind, weight, attrs, np.asarray(x, dtype=np.float64), out_shape)
+
+
+def _apply(kind, weight, attrs, x, out_shape):
+    """linear() with weight and x already of one float dtype (dense: weight (F_out, F_in))."""
     n = x.shape[0]
     if kind == "conv":
-        y = conv2d(x, weight, attrs["strides"], attrs["pads"], attrs["dilations"], attrs["groups"])
+        y = _conv(x, weight, attrs["strides"], attrs["pads"], attrs["dilations"], attrs["groups"])
     elif kind == "dense":
-        y = x.reshape(n, -1).astype(np.float64) @ np.asarray(weight, dtype=np.float64).T
+        y = x.reshape(n, -1) @ weight.T
     elif kind == "sparse":
-        y = (weight.astype(np.float64) @ x.reshape(n, -1).astype(np.float64).T).T
+        y = (weight @ x.reshape(n, -1).T).T
     else:
         raise IRError(f"unknown projection kind {kind!r}")
     return np.asarray(y).reshape((n, *out_shape))
+
+
+class _Weights:
+    """A projection's mantissas M as float32 / float64 (made once, on first use) and the
+    largest sum of |M| over one output's synapses (a conv's full kernel: rows at the
+    border have fewer taps, so it bounds them too)."""
+
+    def __init__(self, proj: Projection):
+        w = proj.weight
+        if proj.kind == "sparse":
+            absw = abs(w.astype(np.int64))
+            self.row_abs = int(absw.sum(axis=1).max()) if w.shape[0] else 0
+        else:
+            absw = np.abs(w.astype(np.int64)).reshape(w.shape[0], -1)
+            self.row_abs = int(absw.sum(axis=1).max()) if absw.size else 0
+        self.proj, self.by_dtype = proj, {}
+
+    def get(self, dtype):
+        if dtype not in self.by_dtype:
+            w = self.proj.weight
+            self.by_dtype[dtype] = w.astype(dtype) if self.proj.kind == "sparse" else np.asarray(w, dtype)
+        return self.by_dtype[dtype]
+
+
+_WEIGHTS: "weakref.WeakKeyDictionary[Projection, _Weights]" = weakref.WeakKeyDictionary()
+
+
+def _weights(proj: Projection) -> _Weights:
+    got = _WEIGHTS.get(proj)
+    if got is None:
+        got = _WEIGHTS[proj] = _Weights(proj)
+    return got
+
+
+def integer_product(proj: Projection, v: np.ndarray, vmax: int) -> np.ndarray:
+    """The exact integer M @ v (int64, (B, *out_shape)) of a projection's mantissas M and
+    integers v (B, *in_shape) with |v| <= vmax.
+
+    Exactness: every product M_ij v_j and every partial sum of output i, in whatever order
+    BLAS adds them, is an integer of magnitude at most sum_j |M_ij| |v_j| <= row_abs * vmax.
+    When that bound is below 2^24 (2^53) every such integer is a float32 (float64) value, so
+    each multiply and add, fused or not, is exact and the float result is the integer sum.
+    The product runs in float32 when the bound allows (binary spike planes: 128 * fan-in
+    < 2^24 for fan-ins up to 131072), else in float64, else (never for a verified program,
+    whose range proof bounds every plane's sum) in int64, which numpy multiplies exactly."""
+    wts = _weights(proj)
+    bound = wts.row_abs * int(vmax)
+    dtype = np.float32 if bound < FLOAT32_EXACT else np.float64 if bound < FLOAT64_EXACT else np.int64
+    y = _apply(proj.kind, wts.get(dtype), proj.attrs, np.asarray(v).astype(dtype, copy=False), proj.out_shape)
+    return y.astype(np.int64, copy=False)
 
 
 # ---------------------------------------------------------------------------
@@ -84,8 +200,23 @@ def channel_exp(proj: Projection) -> np.ndarray:
 
 def plane_input(proj: Projection, d: int, z: np.ndarray) -> np.ndarray:
     """Contribution floor(d * (M @ z) * 2^e) of one source plane z (N, *in_shape)."""
-    s = np.rint(linear(proj.kind, proj.weight, proj.attrs, z, proj.out_shape)).astype(np.int64)
-    return floor_shift(s * d, channel_exp(proj))
+    return plane_inputs(proj, [d], z[None])[0]
+
+
+def plane_inputs(proj: Projection, weights, z: np.ndarray) -> np.ndarray:
+    """:func:`plane_input` of several planes z (P, N, *in_shape) with code weights d_p
+    (P of them), computed by one product with the planes stacked along the batch axis:
+    (P, N, *out_shape), each plane floored on its own."""
+    p, n = z.shape[:2]
+    s = integer_product(proj, z.reshape(p * n, *z.shape[2:]), _max_abs(z)).reshape(p, n, *proj.out_shape)
+    e = channel_exp(proj)
+    for i, d in enumerate(weights):
+        s[i] = floor_shift(s[i] * d, e)
+    return s
+
+
+def _max_abs(v: np.ndarray) -> int:
+    return int(np.abs(v).max()) if v.size else 0
 
 
 def plane_is_exact(exp, d: int) -> bool:
@@ -153,18 +284,22 @@ def spikes_input(proj: Projection, code: Code, z: np.ndarray) -> np.ndarray:
     """Synaptic input (N, *out_shape) into ``proj.target`` from source spikes z (K, N, *in_shape).
 
     Planes whose weights are exact multiples are folded into one product with the
-    partial code (this is where level 1 differs in method from the simulator)."""
+    partial code (this is where level 1 differs in method from the simulator); the
+    other planes go through one product together, stacked along the batch axis, and
+    are floored one by one as :func:`plane_input` does."""
     exact = [k for k, d in enumerate(code.weights) if plane_is_exact(proj.exp, d)]
+    rest = [k for k in range(code.bits) if k not in exact]
     n = z.shape[1]
-    total = np.zeros((n, *proj.out_shape), dtype=np.float64)
+    e = channel_exp(proj)
     if exact:
         # d_k 2^e is an integer for these planes: one product with M, then one exact shift
         part = sum(z[k].astype(np.int64) * code.weights[k] for k in exact)
-        total += linear(proj.kind, proj.weight, proj.attrs, part, proj.out_shape)
-    out = floor_shift(np.rint(total).astype(np.int64), channel_exp(proj))
-    for k in range(code.bits):
-        if k not in exact:
-            out += plane_input(proj, code.weights[k], z[k])
+        out = floor_shift(integer_product(proj, part, sum(abs(code.weights[k]) for k in exact)), e)
+    else:
+        out = np.zeros((n, *proj.out_shape), np.int64)
+    if rest:
+        planes = z[rest[0]:rest[-1] + 1] if rest == list(range(rest[0], rest[-1] + 1)) else z[rest]
+        out += plane_inputs(proj, [code.weights[k] for k in rest], planes).sum(axis=0)
     return out
 
 
@@ -182,16 +317,66 @@ def join(pop, a: np.ndarray) -> np.ndarray:
     return max_compartments(a, getattr(pop, "compartments", 1))
 
 
+#: Bytes of working memory :func:`evaluate` aims for: larger batches are evaluated in
+#: pieces (:func:`eval_chunk` images each) whose results are written into the output.
+EVAL_MEMORY = 512 << 20
+
+
+def eval_chunk(program: Program, memory: int = EVAL_MEMORY) -> int:
+    """Images :func:`evaluate` takes at a time so that its working set stays near ``memory``
+    bytes: per image, every population's int64 codes and uint8 spike planes, a gate's
+    int64 inputs (three arrays of its input shape) and the largest projection's stacked
+    planes with their int64 products (im2col rows are bounded by CONV_CHUNK_BYTES)."""
+    size = lambda shape: int(np.prod(shape))  # noqa: E731
+    bits = {p.name: (p.bits if isinstance(p, InputPop) else p.code.bits) for p in program.populations
+            if not isinstance(p, ReadoutPop)}
+    per_image = sum(size(p.shape) * (8 + bits.get(p.name, 0)) for p in program.populations)
+    per_image += max((24 * size(p.input_shape) for p in program.populations if not isinstance(p, InputPop)),
+                     default=0)
+    per_image += max((bits[pr.source] * 16 * (size(pr.in_shape) + size(pr.out_shape))
+                      for pr in program.projections), default=0)
+    return max(1, memory // per_image)
+
+
 def evaluate(program: Program, x: np.ndarray, spike_counts: dict | None = None) -> dict:
     """Level-1 evaluation of a program on float input x (N, *input_shape).
 
     Returns {population name: integer array (N, *shape)}: the codes of the input
     and gate populations and the integer y of the readout. ``spike_counts``, when
     given, receives {population: spikes per input (N,)} of the input and gates.
+    The batch is evaluated :func:`eval_chunk` images at a time (every input is
+    independent of the others, so pieces give the same integers).
     """
+    n, step = x.shape[0], eval_chunk(program)
+    if n <= step:
+        return _evaluate(program, x, spike_counts)
+    out: dict[str, np.ndarray] = {}
+    counts: dict[str, np.ndarray] = {}
+    for a in range(0, n, step):
+        part_counts: dict = {}
+        part = _evaluate(program, x[a:a + step], part_counts if spike_counts is not None else None)
+        for store, got in ((out, part), (counts, part_counts)):
+            for name, v in got.items():
+                if name not in store:
+                    store[name] = np.empty((n, *v.shape[1:]), v.dtype)
+                store[name][a:a + len(v)] = v
+    if spike_counts is not None:
+        spike_counts.update(counts)
+    return out
+
+
+def _evaluate(program: Program, x: np.ndarray, spike_counts: dict | None) -> dict:
+    """evaluate() on one piece of the batch; a population's spike planes are dropped after
+    its last target."""
     out: dict[str, np.ndarray] = {}
     spikes: dict[str, np.ndarray] = {}
-    for pop in program.populations:
+    order = {p.name: i for i, p in enumerate(program.populations)}
+    last_use: dict[int, list] = {}
+    sources = {pr.source for pr in program.projections}
+    for name in sources:
+        last = max(order[pr.target] for pr in program.projections if pr.source == name)
+        last_use.setdefault(last, []).append(name)
+    for i, pop in enumerate(program.populations):
         if isinstance(pop, InputPop):
             out[pop.name] = encode_input(pop, x)
             spikes[pop.name] = bit_planes(out[pop.name], pop.bits)
@@ -202,13 +387,17 @@ def evaluate(program: Program, x: np.ndarray, spike_counts: dict | None = None) 
         for proj in program.incoming(pop.name):
             src = program.pop(proj.source)
             a += spikes_input(proj, src.code, spikes[proj.source])
+        for name in last_use.get(i, ()):
+            del spikes[name]
         y = pop.bias.astype(np.int64) + join(pop, a)
+        del a
         if isinstance(pop, GatePop):
             out[pop.name] = gate_code(pop.code, y)
-            spikes[pop.name] = (bit_planes(out[pop.name], pop.code.bits) if pop.code.is_binary()
-                                else unit_spikes(pop.code, y))
+            z = bit_planes(out[pop.name], pop.code.bits) if pop.code.is_binary() else unit_spikes(pop.code, y)
             if spike_counts is not None:
-                spike_counts[pop.name] = _per_input(spikes[pop.name])
+                spike_counts[pop.name] = _per_input(z)
+            if pop.name in sources:
+                spikes[pop.name] = z
         elif isinstance(pop, ReadoutPop):
             out[pop.name] = y
         else:
