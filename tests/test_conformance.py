@@ -50,6 +50,7 @@ REFUSALS = {
     "lava-loihi": {
         "max_join": Refusal((BackendError,), r"'pool'.*compartments", must=True),
         "nonbinary_code": Refusal((BackendError, RangeError), r"g->out.*binary", must=False),
+        "radix_code": Refusal((BackendError,), r"'g' is a radix/flash ADC", must=True),
     },
 }
 
@@ -246,7 +247,29 @@ def case_zero_projection():
     return Case(p, np.array([[3, 1], [0, 2]], float), {"g": r}, np.array([[5], [0]]))
 
 
-CASES = {f.__name__[5:]: f for f in (case_dense_binary, case_nonbinary_code, case_gated_bias,
+def case_radix_code():
+    inp = InputPop("in", (2,), 3, 1.0, 0.0, 0)                    # K=3: d = 4, 2, 1
+    # a 3-bit radix-4 ADC, theta 2, offset 1: stage 0 = 3 units of weight 2 (T = 3, 7, 11,
+    # h = 4), stage 1 = 1 unit of weight 1 (T = 1, h = 2): code clip(floor((y + 1) / 2), 0, 7)
+    code = Code.radix(3, 2, 2, 1)
+    assert code.thresholds == (3, 7, 11, 1) and code.steps == (0, 0, 0, 1)
+    g = GatePop("g", (1,), code, i32(-2), np.ones(1), start=3)
+    out = ReadoutPop("out", (1,), i32(0), np.ones(1), start=6)
+    p = Program([inp, g, out], [dense("in->g", inp, g, [[1, 2]], [0]), dense("g->out", g, out, [[1]], [0])],
+                "in", "out")
+    # y = -2 + c0 + 2 c1; units of step 0 fire together, step 1 sees y - 4 * (their count):
+    # x0 c=(1,2): y=3:  (1,0,0) [3>=3]; 3-4=-1 <1 -> 0      code 2, out 2
+    # x1 c=(7,3): y=11: (1,1,1); 11-12=-1 -> 0               code 6, out 6
+    # x2 c=(0,5): y=8:  (1,1,0); 8-8=0 -> 0                  code 4, out 4
+    # x3 c=(2,0): y=0:  (0,0,0); 0 -> 0                      code 0, out 0
+    # x4 c=(4,2): y=6:  (1,0,0); 6-4=2 >= 1 -> 1             code 3, out 3
+    return Case(p, np.array([[1, 2], [7, 3], [0, 5], [2, 0], [4, 2]], float),
+                {"g": np.array([[[1], [0], [0], [0]], [[1], [1], [1], [0]], [[1], [1], [0], [0]],
+                                [[0], [0], [0], [0]], [[1], [0], [0], [1]]])},
+                np.array([[2], [6], [4], [0], [3]]))
+
+
+CASES = {f.__name__[5:]: f for f in (case_dense_binary, case_radix_code, case_nonbinary_code, case_gated_bias,
                                      case_chain_with_delay, case_max_join, case_negative_weights_floor_shift,
                                      case_zero_projection)}
 
@@ -294,13 +317,14 @@ def test_hand_checked_program(backend, case, request):
 #: Examples per backend (a Lava run of these small programs takes ~0.1-0.5 s).
 EXAMPLES = {"reference": 40, "lava": 20, "lava-loihi": 8}
 #: What each built-in backend's generated programs may contain (lava-loihi: REFUSALS).
-FEATURES = {"lava-loihi": {"nonbinary": False, "compartments": False}}
+FEATURES = {"lava-loihi": {"nonbinary": False, "compartments": False, "steps": False}}
 
 
 @st.composite
-def codes(draw, nonbinary, spread):
+def codes(draw, nonbinary, spread, steps=True):
     """A K-unit code for inputs y spread over about [-spread, 2 spread]: a binary ADC whose
-    2^K - 1 steps cover most of it, or (nonbinary) thresholds, resets and weights at random."""
+    2^K - 1 steps cover most of it, (steps) the same ADC as a radix / flash structure, or
+    (nonbinary) thresholds, resets and weights at random."""
     if nonbinary and draw(st.booleans()):
         k = draw(st.integers(1, 3))
         top = max(2, 2 * spread)
@@ -309,11 +333,12 @@ def codes(draw, nonbinary, spread):
                     tuple(draw(st.lists(st.integers(-4, 4), min_size=k, max_size=k))))
     k = draw(st.integers(1, 4))
     theta = max(1, -(-5 * spread // 2**(k + 1)) + draw(st.integers(-1, 1)))
-    return Code.binary(k, theta, draw(st.integers(0, theta - 1)))
+    r = draw(st.integers(1, k)) if steps else 1
+    return Code.radix(k, r, theta, draw(st.integers(0, theta - 1)))
 
 
 @st.composite
-def programs(draw, nonbinary=True, compartments=True):
+def programs(draw, nonbinary=True, compartments=True, steps=True):
     """A small random program: an input (flat or (C, H, W)), 1-3 gate populations, each fed by
     its predecessor (conv with strides, pads, dilations and groups; dense; sparse) and maybe
     by an earlier population or a second projection from the same source (max-join
@@ -386,9 +411,9 @@ def programs(draw, nonbinary=True, compartments=True):
         if draw(st.booleans()):  # a few large biases: enable weights E beyond 2^8
             bias = np.where(rng.random(shape) < 0.2, rng.integers(-700, 701, shape), bias)
         bias = bias.astype(np.int32)
-        code = draw(codes(nonbinary, spread))
+        code = draw(codes(nonbinary, spread, steps))
         spikes[name] = unit_spikes(code, bias + a)
-        start = max(by_name[pr.source].start + by_name[pr.source].code.bits for pr in incoming) + ints(0, 2)
+        start = max(by_name[pr.source].start + by_name[pr.source].code.depth for pr in incoming) + ints(0, 2)
         pops.append(GatePop(name, shape, code, bias, np.ones(shape[0]), start=start, compartments=m))
         projs += [Projection(pr.name, pr.source, name, pr.kind, pr.weight, pr.exp, pr.in_shape, pr.out_shape,
                              pr.attrs) for pr in incoming]
@@ -396,7 +421,7 @@ def programs(draw, nonbinary=True, compartments=True):
     out = (ints(1, 3),)
     proj = flat_projection(f"{last.name}->out", last, out)
     readout = ReadoutPop("out", out, rng.integers(-50, 51, out).astype(np.int32), np.ones(out[0]),
-                         start=last.start + last.code.bits + ints(0, 1))
+                         start=last.start + last.code.depth + ints(0, 1))
     pops.append(readout)
     projs.append(Projection(proj.name, proj.source, "out", proj.kind, proj.weight, proj.exp, proj.in_shape,
                             proj.out_shape))
@@ -413,7 +438,8 @@ def test_generated_programs_equal_reference_spike_for_spike(backend):
     @settings(max_examples=EXAMPLES.get(backend, 4), deadline=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(case=programs(nonbinary=features.get("nonbinary", True),
-                         compartments=features.get("compartments", True)))
+                         compartments=features.get("compartments", True),
+                         steps=features.get("steps", True)))
     def check(case):
         program, x, interval = case
         if backend == "reference":  # the oracle itself: against the level-1 integer evaluation

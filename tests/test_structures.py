@@ -98,3 +98,41 @@ def test_the_optimizer_is_exact_on_random_dags(seed):
     with pytest.raises(ModelError, match=rf"--neuron-budget {least - 1}: the fewest neurons any structure "
                                          rf"choice needs are {least}"):
         optimize(nodes, edges, neuron_budget=least - 1)
+
+
+def test_structured_programs_run_spike_exact_within_their_budget(tmp_path):
+    """A latency budget changes structures and timing, not the quantization: every gate's
+    code of a given input is the SAR's (test above), only the synaptic floors of the
+    planes differ (a radix unit's plane carries weight w_s where the SAR has binary
+    planes), so the outputs stay close to the SAR program's; the reference simulator
+    equals level 1 integer for integer with the scheduled latency; the budget is met."""
+    import amosc
+    from amosc.backends.reference import simulate
+    from amosc.ir.semantics import decode, evaluate
+    from conftest import structured_inputs
+    from onnx_builders import save, small_cnn
+    path = save(small_cnn(), tmp_path / "m.onnx")
+    calib = structured_inputs((1, 12, 12), 48)
+    x = structured_inputs((1, 12, 12), 12, seed=7)
+    sar = amosc.compile(path, calib, bits=5)
+    ref = decode(sar.output_pop, evaluate(sar, x)[sar.output])
+    first = sar.populations[1].name
+    lat = []
+    for budget in (sar.latency - 1, sar.latency - 6, 9):
+        p = amosc.compile(path, calib, bits=5, latency_budget=budget)
+        assert p.latency <= budget
+        assert any(pop.code.steps for pop in p.populations if hasattr(pop, "code") and pop.name != p.input)
+        counts: dict = {}
+        got = evaluate(p, x, spike_counts=counts)
+        np.testing.assert_array_equal(got[first], evaluate(sar, x)[first])  # same input, same code
+        out = decode(p.output_pop, got[p.output])
+        assert np.abs(out - ref).max() <= 0.1 * np.abs(ref).max()
+        res = simulate(p, x, record=True)
+        np.testing.assert_array_equal(res.output, got[p.output])
+        for name, c in counts.items():  # every population's spikes, input by input
+            np.testing.assert_array_equal(res.spikes[name], c, err_msg=name)
+        assert res.latency == p.latency
+        lat.append(p.latency)
+    assert lat == sorted(lat, reverse=True)
+    with pytest.raises(ModelError, match="--latency-budget 3: the lowest latency"):
+        amosc.compile(path, calib, bits=5, latency_budget=3)

@@ -55,7 +55,7 @@ class SynapseState:
 
     def __init__(self, proj, src, tgt):
         self.proj, self.code = proj, src.code
-        self.offsets = [tgt.start - src.start - j for j in range(src.code.bits)]  # 1 + d_j
+        self.offsets = [tgt.start - src.start - st for st in src.code.unit_steps]  # 1 + d_j
 
     def deliver(self, z: np.ndarray, t: int, arrive) -> None:
         """z (K, lanes, *in_shape) spikes at step t; calls arrive(step, y) per active plane.
@@ -72,14 +72,17 @@ class SynapseState:
 class UnitsState:
     """The K memoryless AMOS units of a gate population (or a readout's accumulators).
 
-    Unit k at step t sees copy-0 arrivals of step t - k (its synapses are delayed k
-    more), minus inhibition from units j < k of the same input, plus its bias,
-    which is gated: without the enable E of a scheduled input it holds b - E < 0.
+    Unit k fires at step s_k of its code (s_k = k for a sequential code, the code's
+    ``steps`` for a radix / flash ADC). At step t it sees copy-0 arrivals of step t - s_k
+    (its synapses are delayed s_k more), minus inhibition from the units of earlier steps
+    of the same input, plus its bias, which is gated: without the enable E of a scheduled
+    input it holds b - E < 0.
 
-    The units evaluating at step t - k + k' for k' = 0..K-1 form a *wave* (the input
-    whose unit 0 evaluated at w = t - k); ``inh[w]`` is the inhibition the wave's units
-    have sent so far: unit j's spike at w + j adds h_j z_j, which reaches every later
-    unit k > j of the wave (at w + k, delay k - j - 1) before it evaluates.
+    The units of one input form a *wave* w (the step its first units evaluate); unit k
+    evaluates at w + s_k. ``inh[w]`` is the inhibition the wave's units have sent so far:
+    unit j's spike at w + s_j adds h_j z_j, which reaches every unit k of a later step
+    (at w + s_k, delay s_k - s_j - 1) before it evaluates; units of one step fire together
+    and do not see each other's, so a step's inhibition is added after the step.
     """
 
     def __init__(self, pop, lanes: int, schedule: Schedule):
@@ -111,7 +114,7 @@ class UnitsState:
         """After step t, drop what no later step reads: unit k at step t' reads the arrivals
         and the wave inhibition of t' - k, so nothing before t + 2 - K (a readout reads only
         its own step's arrivals)."""
-        oldest = t + 2 - (self.pop.code.bits if isinstance(self.pop, GatePop) else 1)
+        oldest = t + 2 - (self.pop.code.depth if isinstance(self.pop, GatePop) else 1)
         for store in (self.acc, self.joined, self.inh):
             for key in [k for k in store if k < oldest]:
                 del store[key]
@@ -137,9 +140,11 @@ class UnitsState:
         """Spikes (K, lanes, *shape) of step t, or None when silent. ``note(slot, k, z_k)``
         is called for every unit evaluated for a scheduled input."""
         code, shape = self.pop.code, self.pop.shape
+        steps, last = code.unit_steps, code.depth - 1
         z = None
+        sent: dict = {}  # wave -> inhibition sent this step (seen from the next step on)
         for k in range(code.bits):
-            w = t - k  # the wave of unit k: its synaptic input arrived for w
+            w = t - steps[k]  # the wave of unit k: its synaptic input arrived for w
             a, inh = self._input(w), self.inh.get(w)
             s = self.sched.slot_at(w - self.pop.start)
             if s is None and a is None and inh is None:
@@ -158,9 +163,11 @@ class UnitsState:
                 if z is None:
                     z = np.zeros((code.bits, self.lanes, *shape), np.uint8)
                 z[k] = zk
-                if k + 1 < code.bits:  # unit k inhibits the wave's later units
+                if steps[k] < last:  # unit k inhibits the units of the wave's later steps
                     hz = code.resets[k] * zk.astype(np.int64)
-                    self.inh[w] = hz if inh is None else inh + hz
+                    sent[w] = hz if w not in sent else sent[w] + hz
+        for w, hz in sent.items():
+            self.inh[w] = hz if w not in self.inh else self.inh[w] + hz
         return z
 
 

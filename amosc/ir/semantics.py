@@ -251,17 +251,26 @@ def spike_counts(codes: np.ndarray, bits: int) -> np.ndarray:
 
 
 def unit_spikes(code: Code, y: np.ndarray) -> np.ndarray:
-    """Spikes z_k (K, *y.shape) of the units for integer input y, by the code's recurrence."""
+    """Spikes z_k (K, *y.shape) of the units for integer input y, by the code's recurrence:
+    unit k sees y minus the resets of the units of earlier steps that fired (all earlier
+    units for a sequential code; units of one step do not inhibit each other)."""
     z = np.zeros((code.bits, *y.shape), dtype=np.uint8)
     v = np.asarray(y, dtype=np.int64).copy()
+    steps = code.unit_steps
     for k in range(code.bits):
+        if k and steps[k] != steps[k - 1]:  # a new step: the previous steps' resets apply
+            for j in range(k - 1, -1, -1):
+                if steps[j] != steps[k - 1]:
+                    break
+                v -= code.resets[j] * z[j].astype(np.int64)
         z[k] = v >= code.thresholds[k]
-        v -= code.resets[k] * z[k].astype(np.int64)
     return z
 
 
 def binary_params(code: Code):
     """(theta, offset) when the code is the successive-approximation ADC, else None."""
+    if code.steps:
+        return None
     k, theta = code.bits, code.resets[-1]
     offset = theta - code.thresholds[-1]
     pw = [2 ** (k - 1 - j) for j in range(k)]  # compared as tuples: a large theta may not be a valid Code
