@@ -134,5 +134,8 @@ def test_structured_programs_run_spike_exact_within_their_budget(tmp_path):
         assert res.latency == p.latency
         lat.append(p.latency)
     assert lat == sorted(lat, reverse=True)
+    back = amosc.load(p.save(tmp_path / "p.amos") or tmp_path / "p.amos")  # steps survive the artifact
+    assert [getattr(q, "code", None) for q in back.populations] == [getattr(q, "code", None) for q in p.populations]
+    np.testing.assert_array_equal(evaluate(back, x)[p.output], got[p.output])
     with pytest.raises(ModelError, match="--latency-budget 3: the lowest latency"):
         amosc.compile(path, calib, bits=5, latency_budget=3)

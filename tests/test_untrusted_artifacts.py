@@ -482,8 +482,10 @@ STRUCTURE = {
                     ["field 'resets'"]),
     "code weights huge": ("cnn", lambda m, p: pop_of(m, "gate")["code"]["weights"].__setitem__(0, 2**40),
                           ["field 'weights'"]),
-    "code of 17 units": ("cnn", lambda m, p: pop_of(m, "gate")["code"].update(thresholds=[1] * 17),
+    "code of 256 units": ("cnn", lambda m, p: pop_of(m, "gate")["code"].update(thresholds=[1] * 256),
                          ["field 'thresholds'"]),
+    "code steps decreasing": ("cnn", lambda m, p: pop_of(m, "gate")["code"].update(
+        steps=[0] * (len(pop_of(m, "gate")["code"]["thresholds"]) - 1) + [5]), ["steps"]),
     "compartments true": ("cnn", lambda m, p: pop_of(m, "gate").update(compartments=True),
                           ["field 'compartments'"]),
     "compartments 0": ("cnn", lambda m, p: pop_of(m, "gate").update(compartments=0), ["field 'compartments'"]),

@@ -29,7 +29,8 @@ import scipy.sparse as sp
 
 from ..errors import AmoscError, ArtifactError, IRError
 from ..fileio import atomic_write  # noqa: F401  (also the name benchmarks import from here)
-from .nodes import (CODE_WEIGHT_LIMIT, MAX_BITS, MAX_START_STEP, PROJECTION_KINDS, RESET_LIMIT, THRESHOLD_LIMIT,
+from .nodes import (CODE_WEIGHT_LIMIT, MAX_BITS, MAX_START_STEP, MAX_UNITS, PROJECTION_KINDS, RESET_LIMIT,
+                    THRESHOLD_LIMIT,
                     Code, GatePop, InputPop, Program, Projection, ReadoutPop)
 
 FORMAT = "amosc-program"
@@ -80,6 +81,8 @@ def to_manifest(program: Program):
                 d.update(kind="gate", activation=p.activation,
                          code={"thresholds": list(p.code.thresholds), "resets": list(p.code.resets),
                                "weights": list(p.code.weights)})
+                if p.code.steps:
+                    d["code"]["steps"] = list(p.code.steps)
                 if p.fit is not None:
                     d["fit"] = p.fit
                 if p.compartments > 1:
@@ -482,10 +485,11 @@ def _population(i: int, d, archive):
     if kind == "readout":
         return ReadoutPop(name, shape, bias, scale, start, tensor)
     c = o.obj("code")
-    th = c.ints("thresholds", 1, THRESHOLD_LIMIT, most=MAX_BITS)
+    th = c.ints("thresholds", 1, THRESHOLD_LIMIT, most=MAX_UNITS)
     k = len(th)
     code_args = (th, c.ints("resets", -RESET_LIMIT, RESET_LIMIT, n=k),
-                 c.ints("weights", -CODE_WEIGHT_LIMIT, CODE_WEIGHT_LIMIT, n=k))
+                 c.ints("weights", -CODE_WEIGHT_LIMIT, CODE_WEIGHT_LIMIT, n=k),
+                 c.ints("steps", 0, k - 1, n=k) if c.raw("steps", None) is not None else ())
     code = Code(*(tuple(v) for v in code_args))
     return GatePop(name, shape, code, bias, scale, start, o.str("activation"), tensor, _fit(o),
                    o.int("compartments", 1, MAX_DIM, default=1))
