@@ -129,8 +129,24 @@ def main(debug):
               help="Refuse a compile estimated to need more memory than this (e.g. 8G).")
 @click.option("--strict", is_flag=True, help="Make calibration warnings (integer, constant or out-of-distribution "
               "data, gates that never fire) errors.")
+@click.option("--latency-budget", type=click.IntRange(1), default=None, metavar="STEPS",
+              help="Choose each ADC gate's structure (SAR, radix-2^r, flash) for the fewest neurons whose "
+                   "latency is at most STEPS, at the same precision (docs/optimizer.md). Refused, before "
+                   "anything is written, when no choice meets it.")
+@click.option("--neuron-budget", type=click.IntRange(1), default=None, metavar="N",
+              help="Choose structures for the lowest latency with at most N neurons (refused when even "
+                   "the smallest program has more).")
+@click.option("--dump-after", "dump_after", multiple=True, metavar="PASS",
+              help="Print the IR after PASS (repeatable; 'all': after every pass) to stderr, or into --dump-dir. "
+                   "Passes: import, drop_dead_gates, expand_fitted (tensor IR); lower, fold_constant_populations, "
+                   "drop_dead_populations, schedule_asap, choose_structures (with a budget) (integer IR, in the text "
+                   "form `amosc assemble` reads).")
+@click.option("--dump-dir", type=click.Path(file_okay=False),
+              help="Write each --dump-after IR to DIR/NN-PASS.air (integer IR) or DIR/NN-PASS.tir (tensor IR), "
+                   "NN the pass's position in the pipeline, instead of stderr.")
 def compile(model, calib, output, bits, calibration, percentile, rounding, granularity, weight_bits,  # noqa: A001
-            maxpool, fit_tolerance, max_neurons, max_memory, strict):
+            maxpool, fit_tolerance, max_neurons, max_memory, strict, latency_budget, neuron_budget, dump_after,
+            dump_dir):
     """Compile an ONNX MODEL into an AMOS program (.amos)."""
     import warnings
     from .compiler.calibrate import read_npy
@@ -146,11 +162,13 @@ def compile(model, calib, output, bits, calibration, percentile, rounding, granu
     limits = Limits(**{k: v for k, v in (("max_neurons", max_neurons), ("max_memory", max_memory)) if v})
     output = output or os.path.splitext(model)[0] + ".amos"
     check_output(output, [model, calib])
+    dump = _dumper(dump_after, dump_dir)
     x = read_npy(calib, "calibration data")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CalibrationWarning)
         try:
-            program = compile_model(model, x, opts, limits=limits, strict=strict, calib_name=calib)
+            program = compile_model(model, x, opts, limits=limits, strict=strict, calib_name=calib, dump=dump,
+                                    latency_budget=latency_budget, neuron_budget=neuron_budget)
         finally:
             for w in caught:
                 if issubclass(w.category, CalibrationWarning):
@@ -163,15 +181,74 @@ def compile(model, calib, output, bits, calibration, percentile, rounding, granu
                f"{t['synapses']} synapses, latency {t['latency_steps']} steps, K={bits}")
 
 
+def _dumper(names, directory):
+    """compile_model's ``dump`` callback for --dump-after NAMES (None without any)."""
+    if not names:
+        if directory:
+            raise click.BadParameter("--dump-dir needs --dump-after PASS", param_hint="'--dump-dir'")
+        return None
+    from .compiler.pipeline import PASS_NAMES
+    unknown = [n for n in names if n != "all" and n not in PASS_NAMES]
+    if unknown:
+        raise click.BadParameter(f"unknown pass {unknown[0]!r}; the passes are all, {', '.join(PASS_NAMES)}",
+                                 param_hint="'--dump-after'")
+    wanted = set(PASS_NAMES) if "all" in names else set(names)
+    if directory:
+        from .fileio import check_output
+        os.makedirs(directory, exist_ok=True)
+        for name in wanted:  # refuse a directory in the way before compiling
+            for ext in (".air", ".tir"):
+                check_output(os.path.join(directory, f"{PASS_NAMES.index(name):02d}-{name}{ext}"))
+
+    def dump(name, ir):
+        if name not in wanted:
+            return
+        from .ir import asm, tensor
+        from .ir.nodes import Program
+        integer = isinstance(ir, Program)
+        text = asm.dumps(ir) if integer else tensor.dumps(ir)
+        if directory:
+            from .fileio import atomic_write
+            path = os.path.join(directory, f"{PASS_NAMES.index(name):02d}-{name}{'.air' if integer else '.tir'}")
+            atomic_write(path, lambda f: f.write(text.encode()))
+        else:
+            click.echo(f"# ---- IR after {name} ----", err=True)
+            click.echo(text, err=True, nl=False)
+    return dump
+
+
 @main.command()
 @click.argument("program", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "ir"]), default="text", show_default=True,
+              help="text: a summary; json: the same as JSON; ir: the complete program in the IR text form "
+                   "(docs/ir.md#text-form), which `amosc assemble` reads back.")
 def inspect(program, fmt):
     """Print a compiled PROGRAM: populations, projections, codes, timing, totals."""
     from .ir.serialize import load
     from .ir.text import describe, render, to_json
-    d = describe(load(program))
+    prog = load(program)
+    if fmt == "ir":
+        from .ir.asm import dumps
+        click.echo(dumps(prog), nl=False)
+        return
+    d = describe(prog)
     click.echo(to_json(d) if fmt == "json" else render(d), nl=False)
+
+
+@main.command()
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Output .amos file [default: SOURCE with .amos suffix].")
+def assemble(source, output):
+    """Read a program in the IR text form (SOURCE, e.g. from `amosc inspect --format ir`),
+    validate and verify it as a loaded .amos file is, and save it as an .amos program."""
+    from .fileio import check_output
+    from .ir.asm import read
+    output = output or os.path.splitext(source)[0] + ".amos"
+    check_output(output, [source])
+    program = read(source)
+    program.save(output)
+    click.echo(f"wrote {output}: {len(program.populations)} populations, {len(program.projections)} projections")
 
 
 @main.command()
@@ -295,6 +372,29 @@ def export(program, target, output, no_floor):
     from .backends.lava.export import export_lava
     files = export_lava(load(program), output)
     click.echo(f"wrote {output}/: {', '.join(files)}; run: python {output}/network.py --input x.npy -o logits.npy")
+
+
+@main.command()
+@click.argument("program", type=click.Path(dir_okay=False))
+@click.option("--target", type=click.Choice(["loihi2", "loihi1"]), default="loihi2", show_default=True,
+              help="Hardware profile for the core mapping and the energy estimate (docs/hardware.md).")
+@click.option("--input", "-i", "inp", type=click.Path(dir_okay=False),
+              help="Inputs .npy: measure spikes and synaptic operations per input on them (level-1 "
+                   "integer semantics, equal to the spiking simulators) and estimate energy.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_limit_option
+def report(program, target, inp, fmt, limit):
+    """Cost of PROGRAM on TARGET: neurons, synapses, cores, chips, latency, throughput and,
+    with --input, spikes, synaptic operations and an energy estimate per input."""
+    import json
+    from .compiler import cost
+    from .compiler.calibrate import load_array
+    from .compiler.hardware import PROFILES
+    from .ir.serialize import load
+    prog = load(program)
+    x = load_array(inp, prog.input_pop.shape, "input")[:limit] if inp else None
+    rep = cost.report(prog, PROFILES[target], x)
+    click.echo(json.dumps(rep, indent=1) if fmt == "json" else cost.render(rep), nl=fmt == "json")
 
 
 @main.command()

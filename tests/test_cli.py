@@ -2,6 +2,7 @@
 with one line naming the problem and leaves no output file behind."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -231,3 +232,37 @@ def test_maxpool_lipool_compiles_inspects_validates_and_refuses_fitted_inputs(tm
     r = CliRunner().invoke(main, ["compile", str(pool_model("Sigmoid")), "--calib", str(tmp_path / "x.npy"),
                                   "-o", str(tmp_path / "s.amos"), "--maxpool", "lipool"])
     assert r.exit_code != 0 and "--maxpool tree" in r.output and not (tmp_path / "s.amos").exists()
+
+
+def test_budgets_and_report(files):
+    """--latency-budget / --neuron-budget are met or refused before anything is written;
+    `report` prints the cost and, as JSON, the documented field names."""
+    d, model = files
+    base = ("compile", model, "--calib", d / "calib.npy", "--bits", 6)
+    r = invoke(*base, "-o", d / "sar.amos")
+    sar = json.loads(invoke("inspect", d / "sar.amos", "--format", "json").output)["totals"]
+    assert sar["latency_steps"] == 25
+
+    r = invoke(*base, "-o", d / "fast.amos", "--latency-budget", 13)
+    assert r.exit_code == 0, r.output
+    fast = json.loads(invoke("inspect", d / "fast.amos", "--format", "json").output)["totals"]
+    assert fast["latency_steps"] <= 13 and fast["neurons"] > sar["neurons"]
+
+    r = invoke(*base, "-o", d / "small.amos", "--neuron-budget", fast["neurons"] - 1)
+    assert r.exit_code == 0, r.output
+    small = json.loads(invoke("inspect", d / "small.amos", "--format", "json").output)["totals"]
+    assert small["neurons"] < fast["neurons"] and 13 < small["latency_steps"] <= sar["latency_steps"]
+
+    for opt, value, needle in (("--latency-budget", 3, "latency"), ("--neuron-budget", 10, "neuron")):
+        r = invoke(*base, "-o", d / "no.amos", opt, value)
+        assert r.exit_code == 2 and needle in r.output and re.search(r"(lowest|fewest).* \d+", r.output), r.output
+        assert not (d / "no.amos").exists()
+
+    r = invoke("report", d / "fast.amos", "--input", d / "x.npy", "--limit", 8)
+    assert r.exit_code == 0, r.output
+    assert "target loihi2" in r.output and "energy per input" in r.output and "estimate" in r.output
+    rep = json.loads(invoke("report", d / "fast.amos", "--format", "json", "--target", "loihi2").output)
+    assert rep["neurons"] == fast["neurons"] and rep["latency_steps"] == fast["latency_steps"]
+    assert rep["cores"] >= 1 and rep["chips"] == 1 and "spikes_per_input" not in rep
+    rep = json.loads(invoke("report", d / "fast.amos", "--format", "json", "-i", d / "x.npy").output)
+    assert rep["spikes_per_input"] > 0 and rep["energy_pj_per_input"] > 0 and rep["energy_is_estimate"]

@@ -60,14 +60,33 @@ def test_mapping_places_every_element_once_within_the_limits(cnn, target):
 
 def test_a_layer_that_cannot_fit_a_core_is_named(cnn):
     tiny = replace(hardware.LOIHI1, synapse_memory_bits=1000)
-    with pytest.raises(ResourceError, match=r"population 'g\d+_.*' does not fit a loihi1 core: one element "
-                                            r"needs \d+ bits of synapses"):
+    with pytest.raises(ResourceError, match=r"population 'g\d+_.*' does not fit a loihi1 core: 1 unit\(s\) of "
+                                            r"one element needs \d+ bits of synapses"):
         cost.map_cores(cnn, tiny)
     with pytest.raises(ResourceError, match=r"population 'output' does not fit a loihi1 core: one element "
                                             r"needs 4608 input axons \(a core has 4096\)"):
         cost.map_cores(cnn, hardware.LOIHI1)
     with pytest.raises(Exception, match="unknown hardware target 'loihi3'"):
         hardware.profile("loihi3")
+
+
+def test_an_element_too_large_for_a_core_has_its_units_split(cnn):
+    """A core smaller than one element (here: 3 neurons, K = 4): every gate population's units
+    are split into groups, and each group's slices cover all elements once."""
+    gate = next(p for p in cnn.populations if isinstance(p, GatePop))
+    assert gate.code.bits == 4
+    hw = replace(hardware.LOIHI2, neurons_per_core=3)
+    m = cost.map_cores(cnn, hw)
+    split = [s for s in m.slices if s.population == gate.name]
+    groups = sorted({s.units for s in split})
+    assert len(groups) >= 2 and groups[0][0] == 0 and groups[-1][1] == gate.code.bits
+    assert all(a[1] == b[0] for a, b in zip(groups, groups[1:]))
+    for g in groups:
+        spans = [(s.start, s.stop) for s in split if s.units == g]
+        assert spans[0][0] == 0 and spans[-1][1] == int(np.prod(gate.shape))
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert all(s.memory_bits <= hw.synapse_memory_bits for s in m.slices)
+    assert sum(s.neurons for s in split) == int(np.prod(gate.shape)) * gate.code.bits
 
 
 def test_activity_counts_the_spikes_the_evaluator_sees(tmp_path):

@@ -29,6 +29,14 @@ def units_per_element(pop) -> int:
     return pop.code.bits if isinstance(pop, (InputPop, GatePop)) else 1
 
 
+def inhibition_pairs(pop) -> int:
+    """Lateral inhibition synapses of one element: unit j inhibits every unit of a later step."""
+    if not isinstance(pop, (InputPop, GatePop)):
+        return 0
+    st = np.asarray(pop.code.unit_steps)
+    return int((st[:, None] < st[None, :]).sum())
+
+
 def depth(pop) -> int:
     """Steps a population's code takes (1 for a readout: read one step after its input)."""
     return pop.code.depth if isinstance(pop, (InputPop, GatePop)) else 1
@@ -114,6 +122,7 @@ class Slice:
     neurons: int
     memory_bits: int
     input_axons: int
+    units: tuple = ()   # (first, stop) unit of the one element [start, stop) when it is split over cores
 
 
 @dataclass
@@ -166,14 +175,18 @@ def _axon_bound(program: Program, pop, a: int, b: int) -> int:
 class _SliceCost:
     """Resources of a slice [a, b) of consecutive elements of one population on one core."""
 
-    def __init__(self, program: Program, pop, hw: Profile):
+    def __init__(self, program: Program, pop, hw: Profile, units: int | None = None):
+        """``units``: place only this many of each element's units (a group of them, when a
+        whole element does not fit a core); each unit reads all the element's inputs and
+        is inhibited by the earlier-step units (about ``units / K`` of the element's)."""
         self.program, self.pop, self.hw = program, pop, hw
-        self.k = k = units_per_element(pop)
+        kpop = units_per_element(pop)
+        self.k = k = units or kpop
         m = getattr(pop, "compartments", 1)
         n = int(np.prod(pop.shape))
         delays = any(_has_delays(program, pr) for pr in program.incoming(pop.name))
         per_syn = hw.weight_bits + (hw.delay_bits if delays else 0)
-        per_elem = np.full(n, k * (k - 1) // 2 * per_syn, np.int64)   # lateral inhibition
+        per_elem = np.full(n, -(-inhibition_pairs(pop) * k // kpop) * per_syn, np.int64)   # lateral inhibition
         self.shared = []   # (units per channel plane, kernel bits per output channel)
         for pr in program.incoming(pop.name):
             ks = units_per_element(program.pop(pr.source))
@@ -209,19 +222,22 @@ class _SliceCost:
 
     def refusal(self, a: int) -> str:
         hw = self.hw
+        what = "one element" if self.k == units_per_element(self.pop) else f"{self.k} unit(s) of one element"
         if self.k > hw.neurons_per_core:
-            return f"one element is {self.k} neurons (a core holds {hw.neurons_per_core})"
+            return f"{what} is {self.k} neurons (a core holds {hw.neurons_per_core})"
         if self.memory(a, a + 1) > hw.synapse_memory_bits:
-            return f"one element needs {self.memory(a, a + 1)} bits of synapses (a core has {hw.synapse_memory_bits})"
-        return f"one element needs {self.axons(a, a + 1)} input axons (a core has {hw.input_axons_per_core})"
+            return f"{what} needs {self.memory(a, a + 1)} bits of synapses (a core has {hw.synapse_memory_bits})"
+        return f"{what} needs {self.axons(a, a + 1)} input axons (a core has {hw.input_axons_per_core})"
 
 
 def map_cores(program: Program, hw: Profile) -> Mapping:
     """Greedy placement in program order: every population is cut into slices of
     consecutive elements (an element's K units stay on one core, with their lateral
     inhibition), each slice as large as the core's neuron count, synapse memory and input
-    axons allow; one core per slice. Raises ResourceError naming the population and the
-    limit when a single element does not fit a core."""
+    axons allow; one core per slice. An element too large for one core (a wide code such as
+    a flash ADC on a large fan-in) has its units split over several cores (their inhibition
+    then crosses cores). Raises ResourceError naming the population and the limit when a
+    single unit does not fit a core."""
     hw.check()
     slices: list = []
     used = {"neurons": 0, "synapse_memory_bits": 0, "input_axons": 0}
@@ -229,25 +245,37 @@ def map_cores(program: Program, hw: Profile) -> Mapping:
         if isinstance(pop, InputPop):  # host-driven spike generators: off-core
             continue
         n = int(np.prod(pop.shape))
-        sc = _SliceCost(program, pop, hw)
-        a = 0
-        while a < n:
-            b = sc.largest(a, n)
-            if b <= a:
-                raise ResourceError(f"population {pop.name!r} does not fit a {hw.name} core: {sc.refusal(a)}; "
-                                    "use fewer --bits or split the layer's fan-in")
-            s = Slice(pop.name, a, b, len(slices), (b - a) * sc.k, sc.memory(a, b),
-                      sc.axons(a, b) if hw.input_axons_per_core is not None else 0)
-            slices.append(s)
-            used["neurons"] += s.neurons
-            used["synapse_memory_bits"] += s.memory_bits
-            used["input_axons"] += s.input_axons
-            a = b
+        k = units_per_element(pop)
+        sc, size = _SliceCost(program, pop, hw), k
+        while sc.largest(0, n) == 0 and size > 1:   # split each element's units into groups
+            size = -(-size // 2)
+            sc = _SliceCost(program, pop, hw, size)
+        for u in range(0, k, size):
+            sc = _SliceCost(program, pop, hw, min(size, k - u)) if size < k else sc
+            _place(pop, sc, n, (u, min(k, u + size)) if size < k else (), hw, slices, used)
     cores = len(slices)
     cap = {"neurons": hw.neurons_per_core, "synapse_memory_bits": hw.synapse_memory_bits,
            "input_axons": hw.input_axons_per_core or 0}
     util = {r: (used[r], cap[r] * cores) for r in used if cap[r]}
     return Mapping(hw.name, slices, cores, -(-cores // hw.cores_per_chip), util)
+
+
+def _place(pop, sc: _SliceCost, n: int, units: tuple, hw: Profile, slices: list, used: dict) -> None:
+    """Cut elements [0, n) of ``pop`` (``units`` of each, or all) into the largest slices
+    that fit one core each (:class:`_SliceCost`), appended to ``slices``."""
+    a = 0
+    while a < n:
+        b = sc.largest(a, n)
+        if b <= a:
+            raise ResourceError(f"population {pop.name!r} does not fit a {hw.name} core: {sc.refusal(a)}; "
+                                "use fewer --bits or split the layer's fan-in")
+        s = Slice(pop.name, a, b, len(slices), (b - a) * sc.k, sc.memory(a, b),
+                  sc.axons(a, b) if hw.input_axons_per_core is not None else 0, units)
+        slices.append(s)
+        used["neurons"] += s.neurons
+        used["synapse_memory_bits"] += s.memory_bits
+        used["input_axons"] += s.input_axons
+        a = b
 
 
 # ----------------------------------------------------------------------------- activity
@@ -309,3 +337,23 @@ def report(program: Program, hw: Profile, x: np.ndarray | None = None) -> dict:
                    synops_per_input=act["synops"], energy_pj_per_input=e["total_pj"],
                    energy_parts_pj=e["parts_pj"], energy_is_estimate=True)
     return out
+
+
+def render(rep: dict) -> str:
+    """The text form of :func:`report`'s dict."""
+    m = rep["mapping"]
+    lines = [f"target {rep['target']}: {rep['cores']} cores on {rep['chips']} chip(s)",
+             f"neurons             {rep['neurons']}",
+             f"synapses            {rep['synapses']} stored, {rep['synapses_deployed']} deployed",
+             f"latency             {rep['latency_steps']} steps "
+             f"(critical path: {' -> '.join(rep['critical_path'])})",
+             f"throughput          {rep['throughput_inputs_per_step']:.4g} inputs per step (pipelined)"]
+    for r, u in m["utilisation"].items():
+        lines.append(f"{r:<20}{u['used']} of {u['capacity']} on the used cores ({100 * u['fraction']:.1f}%)")
+    if "spikes_per_input" in rep:
+        lines += [f"spikes per input    {rep['spikes_per_input']:.1f} (measured on {rep['inputs_measured']} inputs)",
+                  f"synops per input    {rep['synops_per_input']:.1f}",
+                  f"energy per input    {rep['energy_pj_per_input'] / 1e6:.3f} uJ (an estimate from per-event "
+                  "energies, docs/hardware.md): " + ", ".join(f"{k} {v / 1e6:.3f}"
+                                                              for k, v in rep["energy_parts_pj"].items())]
+    return "\n".join(lines) + "\n"
