@@ -94,3 +94,72 @@ def test_a_conv_after_a_pooling_tap_reads_every_other_pixel_through_a_dilation()
     outer, inner = conv(4, 6, 3, hw=3, pad=1), pool_tap(4, 6, 1, 0)
     c = L.compose(outer, inner)
     assert c.w.shape == (6, 4, 3, 3) and c.dilations == (2, 2) and c.strides == (2, 2)
+
+
+# ----------------------------------------------------------------------------- global maps
+def gap(c, hw):
+    """GlobalAveragePool as the importer builds it: a depthwise kernel covering the map."""
+    return L.conv_map((c, hw, hw), np.full((c, 1, hw, hw), 1.0 / hw ** 2), (1, 1), (0,) * 4, (1, 1), c)
+
+
+def broadcast(c, hw):
+    """A per-channel value (C, 1, 1) repeated over a (C, hw, hw) map (the excitation's gate
+    meeting the features)."""
+    rows = np.arange(c * hw * hw)
+    import scipy.sparse as sp
+    m = sp.csr_matrix((np.ones(rows.size), (rows, rows // (hw * hw))), shape=(rows.size, c))
+    return L.Sparse((c, 1, 1), (c, hw, hw), m)
+
+
+def _same_map(c, outer, inner):
+    assert isinstance(c, L.GlobalDense), type(c)
+    assert c.in_shape == tuple(inner.in_shape) and c.out_shape == tuple(outer.out_shape)
+    x = RNG.normal(size=(3, *inner.in_shape))
+    np.testing.assert_allclose(c.apply(x), outer.apply(inner.apply(x)), atol=1e-12)
+    dense = (outer.to_sparse() @ inner.to_sparse()).toarray()
+    np.testing.assert_allclose(c.to_sparse().toarray(), dense, atol=1e-12)
+    for got, want in zip(c.row_sums(), (np.maximum(dense, 0).sum(1), np.minimum(dense, 0).sum(1))):
+        np.testing.assert_allclose(got.reshape(-1), want, atol=1e-12)
+
+
+GLOBAL_CASES = {
+    "squeeze: 1x1 conv after global average": lambda: (conv(6, 3, 1, hw=1), gap(6, 7)),
+    "global average after a 1x1 conv": lambda: (gap(5, 6), conv(4, 5, 1, hw=6)),
+    "global average of a per-channel scale": lambda: (gap(4, 5), L.Scale((4, 5, 5), (4, 5, 5), RNG.normal(size=4))),
+    "broadcast after a 1x1 conv": lambda: (broadcast(4, 5), conv(3, 4, 1, hw=1)),
+    "global average of a broadcast": lambda: (gap(4, 5), broadcast(4, 5)),
+    "classifier head: dense after a flattened global average":
+        lambda: (L.Dense((6,), (3,), RNG.normal(size=(3, 6))), gap(6, 4).reshaped((6,))),
+}
+
+
+@pytest.mark.parametrize("name", GLOBAL_CASES)
+def test_global_compositions_stay_compact_and_equal_the_two_maps(name):
+    outer, inner = GLOBAL_CASES[name]()
+    c = L.compose(outer, inner)
+    _same_map(c, outer, inner)
+    # stored in O(channels^2), not O(channels^2 * positions) as the sparse form is
+    assert c.w.nnz <= c.in_shape[0] * c.out_shape[0]
+
+
+def test_global_maps_add_reshape_and_chain():
+    a = L.compose(conv(6, 3, 1, hw=1), gap(6, 7))
+    b = L.compose(conv(6, 3, 1, hw=1), gap(6, 7))
+    s = L.add_maps(a, b)
+    assert isinstance(s, L.GlobalDense)
+    np.testing.assert_allclose(s.to_sparse().toarray(), a.to_sparse().toarray() + b.to_sparse().toarray())
+    flat = a.reshaped((3,))
+    x = RNG.normal(size=(2, 6, 7, 7))
+    np.testing.assert_allclose(flat.apply(x), a.apply(x).reshape(2, 3))
+    # squeeze, excite and broadcast back: still one global map over the whole chain
+    excite = L.compose(conv(3, 4, 1, hw=1), a)
+    chain = L.compose(broadcast(4, 7), excite)
+    _same_map(chain, broadcast(4, 7), excite)
+    assert chain.positions == (49, 49)
+
+
+def test_a_spatially_varying_kernel_is_not_global():
+    w = RNG.normal(size=(4, 1, 5, 5))   # a 5x5 depthwise conv over a 5x5 map, not an average
+    m = L.conv_map((4, 5, 5), w, (1, 1), (0,) * 4, (1, 1), 4)
+    assert L._global(m) is None
+    assert not isinstance(L.compose(conv(4, 2, 1, hw=1), m), L.GlobalDense)

@@ -75,6 +75,8 @@ def _mantissas(m: L.LinearMap):
     """Quantize a map to int8 mantissas with one exponent per output channel (rows of
     the same channel share it); None when all zero."""
     cout = m.out_shape[0]
+    if isinstance(m, L.GlobalDense):  # rows are channels: quantize the channel matrix itself
+        m = L.Sparse(m.in_shape, (cout,), m.w)
     if isinstance(m, L.Scale):
         vals = m.full()
         rows = vals.reshape(cout, -1)
@@ -98,11 +100,11 @@ def _mantissas(m: L.LinearMap):
     e = np.clip(e, MIN_WEIGHT_SHIFT, None)
     e[peak == 0] = int(e[peak > 0].min())
     if isinstance(m, L.Sparse):
-        scale = 2.0 ** e[ch]
-    else:
-        scale = (2.0 ** e).reshape((-1,) + (1,) * (vals.ndim - 1))
-    q = np.clip(np.rint(vals / scale), -128, 127).astype(np.int8)
-    return q, e
+        q = m.m.copy()
+        q.data = np.clip(np.rint(vals / 2.0 ** e[ch]), -128, 127)
+        return q, e
+    scale = (2.0 ** e).reshape((-1,) + (1,) * (vals.ndim - 1))
+    return np.clip(np.rint(vals / scale), -128, 127).astype(np.int8), e
 
 
 def _residual(m: L.LinearMap, pr: Projection) -> L.LinearMap:
@@ -115,11 +117,36 @@ def _residual(m: L.LinearMap, pr: Projection) -> L.LinearMap:
     if isinstance(m, L.Scale):
         q = pr.weight.reshape(-1) if pr.kind == "conv" else pr.weight.diagonal()
         return replace(m, s=m.s - q.astype(np.float64) * 2.0 ** e)
+    if isinstance(m, L.GlobalDense):
+        q, e = _mantissas(m)   # the projection's mantissas, in the map's (C_out, C_in) form
+        return replace(m, w=(m.w - sp.diags(2.0 ** e) @ q).tocsr())
     rows = m.m.shape[0]
     per_row = 2.0 ** e[np.arange(rows) // (rows // m.out_shape[0])]
     q = sp.csr_matrix(pr.weight, dtype=np.float64)
     mm = (m.m - sp.diags(per_row) @ q).tocsr()
     return replace(m, m=mm)
+
+
+def _global_projection(name, src, tgt, m: L.GlobalDense, q: sp.csr_matrix, e) -> Projection:
+    """The integer form of a :class:`~amosc.ir.linear.GlobalDense` map with mantissas ``q``
+    (CSR (C_out, C_in)): a convolution whose kernel covers the whole map for a (C, 1, 1)
+    output (depthwise when ``q`` is diagonal), a dense matrix for a vector output, else a
+    sparse matrix (a broadcast: each output position repeats its channel's row)."""
+    ins, outs = tuple(m.in_shape), tuple(m.out_shape)
+    pin, pout = m.positions
+    if len(ins) == 3 and len(outs) == 3 and pout == 1:
+        attrs = dict(strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=1)
+        diag = q.shape[0] == q.shape[1] and not sp.triu(m.w, 1).nnz and not sp.tril(m.w, -1).nnz
+        k = q.diagonal()[:, None] if diag else q.toarray()
+        if diag:
+            attrs["groups"] = q.shape[0]
+        w = np.broadcast_to(k.astype(np.int8)[:, :, None, None], (*k.shape, *ins[1:]))
+        return Projection(name, src, tgt, "conv", np.ascontiguousarray(w), e, ins, outs, attrs)
+    if pout == 1:
+        w = np.repeat(q.toarray().astype(np.int8), pin, axis=1)
+        return Projection(name, src, tgt, "dense", w, e, ins, outs)
+    mat = sp.kron(q, np.ones((pout, pin)), format="csr")
+    return Projection(name, src, tgt, "sparse", _csr_int8(mat), e, ins, outs)
 
 
 def _projection(name, src, tgt, m: L.LinearMap) -> Projection | None:
@@ -128,6 +155,8 @@ def _projection(name, src, tgt, m: L.LinearMap) -> Projection | None:
         return None
     q, e = got
     ins, outs = tuple(m.in_shape), tuple(m.out_shape)
+    if isinstance(m, L.GlobalDense):
+        return _global_projection(name, src, tgt, m, q, e)
     if isinstance(m, L.Conv):
         return Projection(name, src, tgt, "conv", q, e, ins, outs, m.attrs())
     if isinstance(m, L.Scale) and len(ins) == 3:
@@ -139,9 +168,7 @@ def _projection(name, src, tgt, m: L.LinearMap) -> Projection | None:
         return Projection(name, src, tgt, "sparse", _csr_int8(mat), e, ins, outs)
     if isinstance(m, L.Dense):
         return Projection(name, src, tgt, "dense", q, e, ins, outs)
-    mat = m.m.copy()
-    mat.data = q.astype(np.float64)
-    return Projection(name, src, tgt, "sparse", _csr_int8(mat), e, ins, outs)
+    return Projection(name, src, tgt, "sparse", _csr_int8(q), e, ins, outs)
 
 
 def _csr_int8(mat) -> sp.csr_matrix:

@@ -53,6 +53,8 @@ def map_entries(m: L.LinearMap) -> int:
         return int(m.m.nnz)
     if isinstance(m, L.ChannelSum):
         return int(m.f.size)
+    if isinstance(m, L.GlobalDense):
+        return int(m.w.nnz)
     return int(np.prod(m.out_shape))
 
 
@@ -66,7 +68,24 @@ def map_synapses(m: L.LinearMap) -> int:
         return int(m.m.nnz)
     if isinstance(m, L.ChannelTile):
         return int(np.prod(m.out_shape))
+    if isinstance(m, L.GlobalDense):
+        pin, pout = m.positions
+        return int(m.w.nnz) * pin * pout
     return int(np.prod(m.in_shape))
+
+
+def map_integer_bytes(m: L.LinearMap) -> int:
+    """Bytes of the int8 mantissas (and CSR indices) of one synapse set lowered from ``m``
+    (:func:`amosc.compiler.quantize._projection`): a global map becomes a whole-map kernel,
+    a dense matrix over every input position or a broadcast sparse matrix."""
+    if isinstance(m, L.GlobalDense):
+        pin, pout = m.positions
+        if pout == 1:
+            return int(np.prod(m.w.shape)) * pin
+        return int(m.w.nnz) * pin * pout * 5
+    if isinstance(m, (L.Sparse, L.ChannelTile)) or (isinstance(m, L.Scale) and len(m.in_shape) != 3):
+        return map_entries(m) * 5
+    return map_entries(m)
 
 
 def estimate(fg, bits: int, weight_bits: int, calib_n: int, calib_batch: int) -> dict:
@@ -83,12 +102,16 @@ def estimate(fg, bits: int, weight_bits: int, calib_n: int, calib_batch: int) ->
     synapses = sum(map_synapses(m) * source_bits.get(s, bits) * planes
                    for e in exprs for s, m in e.maps.items())
     entries = sum(map_entries(m) for e in exprs for m in e.maps.values())
-    # calibration: a batch of pre-activations and activations in float64, plus kept samples
-    elements = sum(int(np.prod(g.expr.shape)) + int(np.prod(g.shape)) for g in gates)
-    calib = calib_batch * elements * 8 + sum(min(calib_n * int(np.prod(g.shape)), 4_000_000) * 4
-                                             for g in gates)
-    # lowering: float64 maps plus int8 mantissas and float64 temporaries of the same size
-    lowering = entries * 8 * 3
+    # calibration (of the graph before its fitted units are expanded into segments): a batch
+    # of pre-activations and activations in float64, plus kept samples
+    calib = 0
+    if not any(g.fit is not None for g in gates):
+        elements = sum(int(np.prod(g.expr.shape)) + int(np.prod(g.shape)) for g in gates)
+        calib = calib_batch * elements * 8 + sum(min(calib_n * int(np.prod(g.shape)), 4_000_000) * 4
+                                                 for g in gates)
+    # lowering: float64 maps and float64 temporaries of the same size, plus the program's
+    # integer weights (one synapse set per 8 weight bits) and the range proof's sums over them
+    lowering = entries * 8 * 3 + sum(map_integer_bytes(m) for e in exprs for m in e.maps.values()) * planes * 3 // 2
     return {"neurons": neurons, "synapses": int(synapses), "memory": int(max(calib, lowering))}
 
 

@@ -39,6 +39,9 @@ class LinearMap:
                 np.asarray(neg.sum(axis=1)).reshape(self.out_shape))
 
     def reshaped(self, out_shape) -> "LinearMap":
+        g = _global(self)   # a global average (pool) flattened for a classifier head stays compact
+        if g is not None:
+            return g.reshaped(out_shape)
         return Sparse(self.in_shape, tuple(out_shape), self.to_sparse())
 
 
@@ -185,6 +188,119 @@ class ChannelSum(LinearMap):
         return sp.csr_matrix((vals, (rows, cols)), shape=(c * rest, c * s * rest))
 
 
+@dataclass(frozen=True, eq=False)
+class GlobalDense(LinearMap):
+    """out[o, p] = sum_c w[o, c] * sum_q in[c, q] at every output position p: a sum over
+    all input positions, a channel matrix ``w`` (scipy CSR, (C_out, C_in)), and a
+    broadcast over all output positions. Channel axis 0; the positions are the remaining
+    axes (none, or 1x1, for a vector). GlobalAveragePool followed by a fully-connected
+    layer (squeeze-excitation, classifier heads) is one with a (1, 1) output, and a
+    per-channel value broadcast over a map (the excitation's gate times the features) one
+    with a (1, 1) input; stored in O(nnz(w)), not O(C_out * C_in * H * W) as the
+    equivalent whole-map convolution or sparse matrix would be."""
+    w: sp.csr_matrix = None
+
+    @property
+    def positions(self) -> tuple[int, int]:
+        """(input positions summed, output positions broadcast to)."""
+        return int(np.prod(self.in_shape[1:])), int(np.prod(self.out_shape[1:]))
+
+    def apply(self, x):
+        n = x.shape[0]
+        sums = x.reshape(n, self.in_shape[0], -1).sum(axis=2)
+        y = np.asarray(self.w @ sums.T).T  # (N, C_out)
+        return np.repeat(y, self.positions[1], axis=1).reshape((n, *self.out_shape))
+
+    def to_sparse(self):
+        pin, pout = self.positions
+        return sp.kron(self.w, np.ones((pout, pin)), format="csr")
+
+    def row_sums(self):
+        pin, pout = self.positions
+        pos, neg = (np.asarray(m.sum(axis=1), np.float64).ravel() * pin
+                    for m in (self.w.maximum(0), self.w.minimum(0)))
+        return tuple(np.repeat(r, pout).reshape(self.out_shape) for r in (pos, neg))
+
+    def reshaped(self, out_shape):
+        out_shape = tuple(out_shape)
+        pout = self.positions[1]
+        if out_shape[0] == self.out_shape[0]:   # the same channels, positions regrouped
+            return replace(self, out_shape=out_shape)
+        if len(out_shape) == 1:                 # flattened: every position its own channel
+            rows = np.repeat(np.arange(self.w.shape[0]), pout)
+            return replace(self, out_shape=out_shape, w=self.w[rows])
+        return super().reshaped(out_shape)
+
+
+def _global(m: LinearMap) -> "GlobalDense | None":
+    """``m`` as a :class:`GlobalDense` when it is one: a convolution whose unpadded kernel
+    covers its whole (C, H, W) input with weights constant over space (a global average
+    pool, or any map composed with one), or a sparse map from a (C, 1, 1) input whose
+    output channels are constant over space (a broadcast); else None."""
+    if isinstance(m, GlobalDense):
+        return m
+    if isinstance(m, Conv):
+        if tuple(m.out_shape[1:]) != (1, 1) or any(m.pads) or tuple(m.w.shape[2:]) != tuple(m.in_shape[1:]) \
+                or m.w.shape[2] * m.w.shape[3] == 1 or not np.all(m.w == m.w[:, :, :1, :1]):
+            return None
+        co, cig = m.w.shape[:2]
+        rows = np.repeat(np.arange(co), cig)
+        cols = ((np.arange(co) // (co // m.groups))[:, None] * cig + np.arange(cig)[None, :]).ravel()
+        w = sp.csr_matrix((m.w[:, :, 0, 0].ravel(), (rows, cols)), shape=(co, m.in_shape[0]))
+        return GlobalDense(m.in_shape, m.out_shape, w)
+    if isinstance(m, Sparse) and len(m.in_shape) == 3 and len(m.out_shape) == 3 \
+            and tuple(m.in_shape[1:]) == (1, 1) and tuple(m.out_shape[1:]) != (1, 1):
+        pout = int(np.prod(m.out_shape[1:]))
+        w = m.m[::pout]
+        if (m.m != w[np.repeat(np.arange(w.shape[0]), pout)]).nnz:
+            return None
+        return GlobalDense(m.in_shape, m.out_shape, sp.csr_matrix(w))
+    return None
+
+
+def _channel_matrix(m: LinearMap) -> "sp.csr_matrix | None":
+    """The (C_out, C_in) channel matrix of a position-wise channel map (a 1x1 convolution
+    on the same grid, a per-channel scale, a segment sum), or None."""
+    if isinstance(m, Scale) and m.in_shape == m.out_shape:
+        return sp.diags(np.asarray(m.s, np.float64)).tocsr()
+    if isinstance(m, ChannelSum):
+        c, s = m.f.shape
+        return sp.csr_matrix((m.f.ravel(), np.arange(c * s), np.arange(0, c * s + 1, s)), shape=(c, c * s))
+    if isinstance(m, ChannelTile):
+        c = m.in_shape[0]
+        return sp.csr_matrix((np.ones(c * m.reps), np.repeat(np.arange(c), m.reps),
+                              np.arange(c * m.reps + 1)), shape=(c * m.reps, c))
+    if _pointwise(m):
+        return sp.csr_matrix(dense_channels(m)[:, :, 0, 0])
+    return None
+
+
+def _compose_global(outer: LinearMap, inner: LinearMap) -> "GlobalDense | None":
+    """outer∘inner as a :class:`GlobalDense` when one of them is one (see :func:`_global`)
+    and the other is a position-wise channel map, another global map, or (outside) a
+    dense layer on its vector; else None (the caller falls back to other forms)."""
+    go, gi = _global(outer), _global(inner)
+    if go is None and gi is None:
+        return None
+    if go is not None and gi is not None:
+        w = go.w @ (gi.w * gi.positions[1])
+    elif go is not None:
+        mat = _channel_matrix(inner)
+        if mat is None:
+            return None
+        w = go.w @ mat
+    elif isinstance(outer, Dense) and len(outer.out_shape) == 1:
+        pout = gi.positions[1]
+        mat = outer.w.reshape(outer.w.shape[0], gi.out_shape[0], pout).sum(axis=2)
+        w = sp.csr_matrix(mat) @ gi.w
+    else:
+        mat = _channel_matrix(outer)
+        if mat is None:
+            return None
+        w = mat @ gi.w
+    return GlobalDense(tuple(inner.in_shape), tuple(outer.out_shape), sp.csr_matrix(w))
+
+
 def per_channel(v, shape) -> np.ndarray:
     """A per-channel vector (C,) shaped to broadcast over a per-sample tensor of ``shape``."""
     return np.asarray(v, np.float64).reshape((-1,) + (1,) * (len(shape) - 1))
@@ -303,6 +419,9 @@ def compose(outer: LinearMap, inner: LinearMap) -> LinearMap:
     """The map x -> outer(inner(x))."""
     if tuple(outer.in_shape) != tuple(inner.out_shape):
         raise ValueError(f"cannot compose: {outer.in_shape} != {inner.out_shape}")
+    got = _compose_global(outer, inner)
+    if got is not None:
+        return got
     if isinstance(outer, Conv) and isinstance(inner, Conv) and (_pointwise(outer) or _pointwise(inner)):
         # a 1x1 channel mix before or after a convolution is one convolution (the linear
         # bottleneck of MobileNet/EfficientNet blocks meeting the next block's expansion)
@@ -369,6 +488,10 @@ def add_maps(a: LinearMap, b: LinearMap) -> LinearMap:
         return replace(a, s=a.s + b.s)
     if isinstance(a, Dense) and isinstance(b, Dense):
         return replace(a, w=a.w + b.w)
+    if isinstance(a, ChannelSum) and isinstance(b, ChannelSum) and a.f.shape == b.f.shape:
+        return replace(a, f=a.f + b.f)
+    if isinstance(a, GlobalDense) and isinstance(b, GlobalDense):
+        return replace(a, w=sp.csr_matrix(a.w + b.w))
     if isinstance(a, Conv) and isinstance(b, Conv) and a.attrs() == b.attrs() \
             and a.w.shape == b.w.shape:
         return replace(a, w=a.w + b.w)

@@ -275,6 +275,8 @@ def describe_map(m: L.LinearMap) -> str:
         return f"{head} reps={m.reps}"
     if isinstance(m, L.ChannelSum):
         return f"{head} f={_fmt_shape(m.f.shape)} {_fmt_range(m.f)}"
+    if isinstance(m, L.GlobalDense):
+        return f"{head} w={_fmt_shape(m.w.shape)} nnz={m.w.nnz} {_fmt_range(m.w.data)}"
     return head
 
 

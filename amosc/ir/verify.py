@@ -24,12 +24,12 @@ def _row_sums(proj: Projection, w) -> tuple[np.ndarray, np.ndarray]:
         pos, neg = w.maximum(0), w.minimum(0)
         return (np.asarray(pos.sum(1)).reshape(proj.out_shape),
                 np.asarray(neg.sum(1)).reshape(proj.out_shape))
+    # integer sums straight from the (int8) weights: no int64 copy of a large kernel
+    flat = w.reshape(w.shape[0], -1)
+    pos, neg = (np.maximum(flat, 0).sum(1, dtype=np.int64), np.minimum(flat, 0).sum(1, dtype=np.int64))
     if proj.kind == "conv":
-        flat = w.reshape(w.shape[0], -1)
-        return tuple(np.broadcast_to(s[:, None, None], proj.out_shape)
-                     for s in (np.maximum(flat, 0).sum(1), np.minimum(flat, 0).sum(1)))
-    return (np.maximum(w, 0).sum(1).reshape(proj.out_shape),
-            np.minimum(w, 0).sum(1).reshape(proj.out_shape))
+        return tuple(np.broadcast_to(s[:, None, None], proj.out_shape) for s in (pos, neg))
+    return pos.reshape(proj.out_shape), neg.reshape(proj.out_shape)
 
 
 def input_bounds(program: Program, name: str, incoming=None) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +42,7 @@ def input_bounds(program: Program, name: str, incoming=None) -> tuple[np.ndarray
     hi = np.zeros(pop.input_shape, np.int64)
     for proj in program.incoming(name) if incoming is None else incoming:
         code = program.pop(proj.source).code
-        w = proj.weight.astype(np.int64) if not sp.issparse(proj.weight) else proj.weight.astype(np.int64)
+        w = proj.weight.astype(np.int64) if sp.issparse(proj.weight) else proj.weight
         p, n = (np.asarray(r, np.int64) for r in _row_sums(proj, w))
         e = proj.exp.reshape((-1,) + (1,) * (len(proj.out_shape) - 1))
         for d in code.weights:  # floor is monotone: bound each plane's sum, then shift
