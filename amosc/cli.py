@@ -398,6 +398,52 @@ def report(program, target, inp, fmt, limit):
 
 
 @main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--calib", required=True, type=click.Path(dir_okay=False), help="Calibration inputs .npy.")
+@click.option("--val-input", "val_input", required=True, type=click.Path(dir_okay=False),
+              help="Validation inputs .npy: agreement with onnxruntime is measured on them.")
+@click.option("--labels", type=click.Path(dir_okay=False), help="Validation labels .npy (adds accuracy).")
+@click.option("--bits", "-K", default="8", show_default=True,
+              help="Precision(s) to explore, e.g. 8 or 4,6,8 (one compile each; the first is the default).")
+@click.option("--target", type=click.Choice(["loihi2", "loihi1"]), default="loihi2", show_default=True,
+              help="Hardware profile for the cores column.")
+@click.option("--max-points", default=8, show_default=True, type=click.IntRange(2),
+              help="Most structure plans evaluated per K (spread evenly from the SAR program to the fastest).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Draw the front here (PNG, SVG or PDF by suffix; needs matplotlib).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the points as a JSON list.")
+@_limit_option
+def explore(model, calib, val_input, labels, bits, target, max_points, output, json_out, limit):
+    """The latency / neurons / agreement front of MODEL over gate structures (and K): a table,
+    a plot and a JSON list of points (docs/optimizer.md)."""
+    import json
+    from .compiler import explore as ex
+    from .compiler.calibrate import load_labels, read_npy
+    from .fileio import atomic_write, check_output
+    try:
+        ks = tuple(int(b) for b in bits.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{bits!r} is not a comma-separated list of integers", param_hint="'--bits'")
+    if not ks or any(not 1 <= k <= 16 for k in ks):
+        raise click.BadParameter(f"{bits!r}: each K must be in 1..16", param_hint="'--bits'")
+    for path, what in ((output, "-o"), (json_out, "--json")):
+        if path:
+            check_output(path, [model, calib, val_input, labels], what)
+    x = read_npy(val_input, "validation input")[:limit]
+    y = load_labels(labels, x.shape[0])[:x.shape[0]] if labels else None
+    front = ex.explore(model, read_npy(calib, "calibration data"), x, y, bits=ks, target=target,
+                       max_points=max_points, log=lambda m: click.echo(m, err=True))
+    click.echo(ex.render(front), nl=False)
+    if json_out:
+        body = json.dumps([p.to_dict() for p in front.points], indent=1).encode()
+        atomic_write(json_out, lambda f: f.write(body))
+        click.echo(f"wrote {json_out}: {len(front.points)} points", err=True)
+    if output:
+        ex.plot(front, output, title=os.path.basename(model))
+        click.echo(f"wrote {output}", err=True)
+
+
+@main.command()
 def backends():
     """List the available backends (built-in and registered through entry points)."""
     from .backends.base import backend_names, get_backend

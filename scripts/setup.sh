@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install amosc with its test tools, Lava and NIR (idempotent).
+# Create .venv and install amosc with its test tools, Lava, NIR and matplotlib (idempotent).
 # lava-nc 0.10.0 declares Python < 3.11; its wheel is pure Python and amosc makes it
 # import on 3.11 (docs/lava.md), so it is installed without its metadata's checks.
 set -euo pipefail
@@ -9,5 +9,5 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[lava,nir,test]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[lava,nir,test,plot]"
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --ignore-requires-python "lava-nc==0.10.0"
