@@ -180,7 +180,7 @@ def validate(program, onnx_path, x, labels=None, backend: str = "reference",
             sq_ref[g.name] += float((ref[g.tensor] ** 2).sum())
         for k, c in counts.items():
             spikes[k] += float(c.sum())
-        ref_logits.append(ref[program.output_pop.tensor])
+        ref_logits.append(ref[program.output_pop.tensor].reshape(len(xb), -1))   # (N, C, 1, 1) heads too
         out.append(vals[program.output])
     ref_logits, out = np.concatenate(ref_logits), np.concatenate(out)
     logits = decode(program.output_pop, out)

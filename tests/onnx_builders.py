@@ -58,8 +58,10 @@ class GraphBuilder:
         return self.node("Relu", [x])
 
     def model(self, out, out_dim) -> onnx.ModelProto:
+        """``out_dim``: classes, or a per-sample shape tuple (e.g. (C, 1, 1) for a conv head)."""
         inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, [self.batch, *self.input_shape])
-        o = helper.make_tensor_value_info(out, TensorProto.FLOAT, [self.batch, out_dim])
+        dims = list(out_dim) if isinstance(out_dim, tuple) else [out_dim]
+        o = helper.make_tensor_value_info(out, TensorProto.FLOAT, [self.batch, *dims])
         g = helper.make_graph(self.nodes, "test", [inp], [o], initializer=self.inits)
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)])
         m.ir_version = 8
@@ -85,6 +87,24 @@ def small_cnn(seed=0, residual=True, pool="gap"):
         h = b.gemm(h, 4 * 6 * 6, 5, gain=3.0, bias=0.0)
     h = b.node("Softmax", [h], axis=1)
     return b.model(h, 5)
+
+
+def dense_block_cnn(seed=0, growth=3, layers=3):
+    """DenseNet-style: a stem, a dense block whose every layer (BN-ReLU-1x1 conv-BN-ReLU-3x3
+    conv) is concatenated onto its input *before* the next BN-ReLU (concatenations of
+    pre-activations), a transition BN-ReLU, global average pooling and a 1x1 conv head
+    whose output stays (N, 5, 1, 1) (no Flatten), on 1x12x12 inputs."""
+    b = GraphBuilder((1, 12, 12), seed)
+    h, c = b.conv("x", 1, 4), 4
+    for _ in range(layers):
+        t = b.relu(b.bn(h, c))
+        t = b.relu(b.bn(b.conv(t, c, 2 * growth, k=1, pad=0), 2 * growth))
+        t = b.conv(t, 2 * growth, growth)
+        h, c = b.node("Concat", [h, t], axis=1), c + growth
+    h = b.relu(b.bn(h, c))
+    h = b.node("GlobalAveragePool", [h])
+    h = b.conv(h, c, 5, k=1, pad=0, scale=2.0)
+    return b.model(h, (5, 1, 1))
 
 
 def mlp(sizes=(20, 16, 12, 4), seed=0):

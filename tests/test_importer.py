@@ -1,6 +1,7 @@
 """The importer reproduces onnxruntime in float for every supported op and exporter quirk."""
 
 import numpy as np
+import amosc
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -9,7 +10,7 @@ from amosc.compiler.calibrate import OnnxRunner
 from amosc.compiler.importer import SUPPORTED_OPS, import_model
 from amosc.ir.tensor import float_eval
 from amosc.errors import ModelError
-from conftest import uniform_inputs
+from conftest import structured_inputs, uniform_inputs
 from onnx_builders import GraphBuilder, mlp, save, small_cnn
 
 
@@ -242,3 +243,42 @@ def test_pad_modes_other_than_constant_are_rejected(tmp_path):
     path = save(b.model(b.gemm(h, 36, 2), 2), tmp_path / "m.onnx")
     with pytest.raises(ModelError, match="Pad mode 'reflect'"):
         import_model(path)
+
+
+def test_dense_block_concatenations_stay_structured_and_compile(tmp_path):
+    """Concatenations of pre-activations (DenseNet) keep every part's convolution as it is
+    (an Embedded map), not a sparse matrix per concatenation; a (C, 1, 1) conv head is the
+    classifier's output; the compiled program agrees with onnxruntime."""
+    from amosc.ir import linear as L
+    from amosc.compiler.pipeline import import_graph
+    from onnx_builders import dense_block_cnn
+    path = save(dense_block_cnn(), tmp_path / "dense.onnx")
+    g = import_graph(path)
+    kinds = {type(m).__name__ for gate in g.gates for m in gate.expr.maps.values()}
+    assert "Sparse" not in kinds and "Embedded" in kinds, kinds
+    x = structured_inputs((1, 12, 12), 160, seed=3)
+    prog = amosc.compile(path, x[:100], bits=8)
+    assert prog.output_pop.shape == (5,)
+    rep = prog.validate(path, x[100:])
+    assert rep.agreement >= 0.95, rep.render()
+    assert rep.logits_max_err < 0.05
+
+
+def test_sum_and_a_softmax_over_a_conv_head_from_an_old_opset(tmp_path):
+    """Opset 9 as the onnx package's ImageNet test graphs write it: a three-input Sum joins
+    branches, and the final Softmax runs on a (N, 5, 1, 1) conv head (the version converter
+    turns it into Flatten, Softmax, Reshape: still the final op)."""
+    b = GraphBuilder((1, 12, 12), seed=7, opset=9)
+    x1 = b.relu(b.conv("x", 1, 4))
+    x2 = b.relu(b.conv("x", 1, 4))
+    h = b.relu(b.node("Sum", [x1, x2, b.conv(x1, 4, 4)]))
+    h = b.node("GlobalAveragePool", [h])
+    h = b.conv(h, 4, 5, k=1, pad=0, scale=2.0)
+    h = b.node("Softmax", [h], axis=1)
+    path = save(b.model(h, (5, 1, 1)), tmp_path / "sum9.onnx")
+    x = structured_inputs((1, 12, 12), 160, seed=4)
+    g = import_model(path)
+    assert g.softmax == "Softmax" and g.readout.shape == (5,)
+    prog = amosc.compile(path, x[:100], bits=8)
+    rep = prog.validate(path, x[100:])
+    assert rep.agreement >= 0.95 and rep.logits_max_err < 0.05, rep.render()

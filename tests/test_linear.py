@@ -163,3 +163,51 @@ def test_a_spatially_varying_kernel_is_not_global():
     m = L.conv_map((4, 5, 5), w, (1, 1), (0,) * 4, (1, 1), 4)
     assert L._global(m) is None
     assert not isinstance(L.compose(conv(4, 2, 1, hw=1), m), L.GlobalDense)
+
+
+# ----------------------------------------------------------------------------- concatenation parts
+def _embedded_case(outer_of):
+    """Two parts concatenated along channels (3 + 5 of 8), then ``outer_of(8)``: a gate's
+    output as it is (a scale) and a pre-activation (a 1x1 convolution, DenseNet's case)."""
+    a, b = L.Scale((3, 6, 6), (3, 6, 6), RNG.normal(size=3)), conv(2, 5, 1, hw=6)
+    ea, eb = L.embed(a, 0, 8), L.embed(b, 3, 8)
+    return outer_of(8), (a, ea), (b, eb)
+
+
+OUTERS = {
+    "3x3 conv": lambda c: conv(c, 4, 3, hw=6, pad=1),
+    "depthwise conv": lambda c: conv(c, c, 3, hw=6, pad=1, groups=c),
+    "per-channel scale (BN)": lambda c: L.Scale((c, 6, 6), (c, 6, 6), RNG.normal(size=c)),
+    "dense head": lambda c: L.Dense((c, 6, 6), (3,), RNG.normal(size=(3, c * 36))),
+    "global average": lambda c: gap(c, 6),
+    "segments of a fitted unit": lambda c: L.ChannelTile((c, 6, 6), (3 * c, 6, 6), 3),
+}
+
+
+@pytest.mark.parametrize("name", OUTERS)
+def test_maps_after_a_concatenation_part_equal_the_two_maps(name):
+    outer, *parts = _embedded_case(OUTERS[name])
+    for inner, e in parts:
+        assert isinstance(e, L.Embedded) and e.out_shape == (8, 6, 6)
+        x = RNG.normal(size=(2, *inner.in_shape))
+        np.testing.assert_allclose(e.apply(x)[:, e.part], inner.apply(x))
+        np.testing.assert_allclose(e.to_sparse().toarray() @ x[0].ravel(), e.apply(x)[0].ravel(), atol=1e-12)
+        c = L.compose(outer, e)
+        np.testing.assert_allclose(c.apply(x), outer.apply(e.apply(x)), atol=1e-12)
+        np.testing.assert_allclose(c.to_sparse().toarray(), (outer.to_sparse() @ e.to_sparse()).toarray(),
+                                   atol=1e-12)
+        assert not isinstance(c, L.Sparse)   # stays structured
+        m = e.materialized()
+        np.testing.assert_allclose(m.apply(x), e.apply(x), atol=1e-12)
+        for got, want in zip(e.row_sums(), m.row_sums()):
+            np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+def test_nested_and_added_parts():
+    a = conv(4, 3, 1, hw=5)
+    e = L.embed(L.embed(a, 2, 6), 4, 10)   # a concatenation inside a concatenation
+    assert isinstance(e.inner, L.Conv) and e.part == slice(6, 9)
+    x = RNG.normal(size=(2, 4, 5, 5))
+    np.testing.assert_allclose(e.apply(x)[:, 6:9], a.apply(x))
+    s = L.add_maps(L.embed(a, 0, 6), L.embed(a, 3, 6))   # concat(x, x): both parts from one source
+    np.testing.assert_allclose(s.apply(x), np.concatenate([a.apply(x)] * 2, axis=1), atol=1e-12)

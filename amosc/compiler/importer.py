@@ -27,7 +27,7 @@ from .activations import ScalarFn
 SUPPORTED_OPS = (
     "Add", "AveragePool", "BatchNormalization", "Clip", "Constant", "ConstantOfShape", "Conv",
     "Div", "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "Identity", "LogSoftmax", "MatMul",
-    "Mul", "Pad", "Relu", "Reshape", "Softmax", "Sub", "Transpose",
+    "Mul", "Pad", "Relu", "Reshape", "Softmax", "Sub", "Sum", "Transpose",
     # activations realized as fitted AMOS units or exact ADC combinations
     "Elu", "Erf", "Gelu", "HardSigmoid", "HardSwish", "LeakyRelu", "PRelu", "Selu", "Sigmoid",
     "Softplus", "Tanh",
@@ -54,7 +54,7 @@ ATTRIBUTES: dict[str, dict[str, object]] = {
     "Conv": {"auto_pad": ANY, "dilations": ANY, "group": ANY, "kernel_shape": ANY, "pads": ANY, "strides": ANY},
     "BatchNormalization": {"epsilon": ANY, "momentum": ANY, "training_mode": ANY},
     "Gemm": {"alpha": ANY, "beta": ANY, "transA": ANY, "transB": ANY},
-    "MatMul": {}, "Add": {}, "Sub": {}, "Mul": {}, "Div": {}, "Identity": {},
+    "MatMul": {}, "Add": {}, "Sum": {}, "Sub": {}, "Mul": {}, "Div": {}, "Identity": {},
     "Dropout": {"seed": ANY, "ratio": ANY},  # inference: identity whatever the ratio
     "Flatten": {"axis": ANY}, "Reshape": {"allowzero": ANY}, "Transpose": {"perm": ANY},
     "Pad": {"mode": ANY, "pads": ANY, "value": ANY}, "Concat": {"axis": ANY},
@@ -283,7 +283,10 @@ class _Importer:
         return e.apply(L.Dense(e.shape, (w.shape[1],), w.T.copy()))
 
     def _binary(self, node, sign):
-        x, y = (self.env.get(n) for n in node.input[:2])
+        return self._combine(node, *(self.env.get(n) for n in node.input[:2]), sign)
+
+    def _combine(self, node, x, y, sign):
+        """x + sign * y for activations or constants (at least one an activation)."""
         if isinstance(x, Expr) and isinstance(y, Expr):
             x, y = self.broadcast(node, x, y)
             return x.plus(y, sign)
@@ -291,7 +294,9 @@ class _Importer:
             if np.size(y) == 1:
                 return x.scaled(1.0, sign * float(np.asarray(y).ravel()[0]))
             return Expr(x.shape, x.maps, x.bias + sign * self.per_sample(node, y, x.shape))
-        e = self.expr(node, 1)
+        if not isinstance(y, Expr):
+            self.fail(node, "no input depends on the network input")
+        e = y
         if np.size(x) == 1:
             return e.scaled(float(sign), float(np.asarray(x).ravel()[0]))
         if sign < 0:
@@ -318,6 +323,15 @@ class _Importer:
 
     def op_Add(self, node, a):
         return self._binary(node, +1)
+
+    def op_Sum(self, node, a):
+        """n-ary Add (numpy broadcasting), as older exporters write residual joins."""
+        acc = self.env.get(node.input[0])
+        for name in node.input[1:]:
+            acc = self._combine(node, acc, self.env.get(name), +1)
+        if not isinstance(acc, Expr):
+            self.fail(node, "no input depends on the network input")
+        return acc
 
     def op_Sub(self, node, a):
         return self._binary(node, -1)
@@ -453,6 +467,12 @@ class _Importer:
         out_shape = shapes[0][:ax] + (total,) + shapes[0][ax + 1:]
         maps, biases, offset = {}, [], 0
         for p in parts:
+            if ax == 0:  # channels: each part's maps embedded as they are (L.Embedded), no copy
+                for src, m in p.maps.items():
+                    L.accumulate(maps, src, L.embed(m, offset, total))
+                biases.append(p.bias)
+                offset += p.shape[ax]
+                continue
             # embed p at [offset, offset + p.shape[ax]) along ax
             pos = np.full(out_shape, -1, np.int64)
             sl = [slice(None)] * len(out_shape)
@@ -825,6 +845,31 @@ def _ceil_pads(hw, k, strides, pads) -> tuple:
 MAXPOOL_MODES = ("tree", "lipool")
 
 
+#: Ops that only reshape: a Softmax followed by a chain of them is still the final op.
+SHAPE_ONLY = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+
+
+def _final_tensors(nodes, output: str) -> tuple[set, set]:
+    """The tensors that are the graph output up to a chain of reshaping nodes (as the
+    version converter writes a 4-D Softmax: Flatten, Softmax, Reshape), and the indices of
+    the chain's nodes."""
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    consumers: dict = {}
+    for n in nodes:
+        for t in n.input:
+            consumers[t] = consumers.get(t, 0) + 1
+    final, tail, t = {output}, set(), output
+    while t in producer and nodes[producer[t]].op_type in SHAPE_ONLY:
+        i = producer[t]
+        src = nodes[i].input[0]
+        if consumers.get(src, 0) != 1:
+            break
+        tail.add(i)
+        final.add(src)
+        t = src
+    return final, tail
+
+
 def import_model(path, maxpool: str = "tree") -> TensorGraph:
     model, digest = load_model(path)
     path = os.fspath(path)
@@ -848,8 +893,11 @@ def import_model(path, maxpool: str = "tree") -> TensorGraph:
         raise ModelError(f"{path}: expected one graph output, found {outputs}")
     g.output_name = outputs[0]
     nodes = list(model.graph.node)
+    final, tail = _final_tensors(nodes, g.output_name)
     for i, node in enumerate(nodes):
         op = node.op_type
+        if i in tail and g.softmax:   # Reshape/Flatten after the dropped Softmax (the version converter's)
+            continue
         ins = [env.get(n) if n else None for n in node.input]
         for n, v in zip(node.input, ins):
             if n and v is None:
@@ -874,7 +922,7 @@ def import_model(path, maxpool: str = "tree") -> TensorGraph:
             continue
         imp.check_attributes(node, a)
         if op in ("Softmax", "LogSoftmax"):
-            if node.output[0] != g.output_name:
+            if node.output[0] not in final:
                 imp.fail(node, f"{op} is supported only as the final op (it is dropped: argmax is unchanged)")
             if a.get("axis", 1) not in (1, -1):
                 imp.fail(node, f"{op} over axis {a['axis']} is not over the classes (axis 1 or -1)")
@@ -897,6 +945,9 @@ def import_model(path, maxpool: str = "tree") -> TensorGraph:
     if g.readout.pooled > 1:
         raise ModelError(f"{path}: output {g.output_name!r} is a lateral-inhibition pool of a "
                          "pre-activation (--maxpool lipool) with no ReLU after it; use --maxpool tree")
+    if len(g.readout.shape) > 1 and all(d == 1 for d in g.readout.shape[1:]):
+        # a fully convolutional head (a 1x1 conv on a 1x1 map, as in DenseNet/SqueezeNet): (C, 1, 1) is (C,)
+        g.readout = imp._reshape(g.readout, g.readout.shape[:1])
     if len(g.readout.shape) != 1:
         raise ModelError(f"{path}: output {g.output_name!r} must be (N, classes), got per-sample shape "
                          f"{g.readout.shape}")

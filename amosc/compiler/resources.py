@@ -45,6 +45,8 @@ class Limits:
 
 def map_entries(m: L.LinearMap) -> int:
     """Stored weights of a float map (a convolution's kernel once, not per position)."""
+    if isinstance(m, L.Embedded):
+        return map_entries(m.inner)
     if isinstance(m, L.Conv):
         return int(m.w.size)
     if isinstance(m, L.Dense):
@@ -60,6 +62,8 @@ def map_entries(m: L.LinearMap) -> int:
 
 def map_synapses(m: L.LinearMap) -> int:
     """Synapses a float map deploys per source plane (a kernel at every output position)."""
+    if isinstance(m, L.Embedded):
+        return map_synapses(m.inner)
     if isinstance(m, L.Conv):
         return int(np.count_nonzero(m.w)) * int(np.prod(m.out_shape[1:]))
     if isinstance(m, L.Dense):
@@ -77,7 +81,10 @@ def map_synapses(m: L.LinearMap) -> int:
 def map_integer_bytes(m: L.LinearMap) -> int:
     """Bytes of the int8 mantissas (and CSR indices) of one synapse set lowered from ``m``
     (:func:`amosc.compiler.quantize._projection`): a global map becomes a whole-map kernel,
-    a dense matrix over every input position or a broadcast sparse matrix."""
+    a dense matrix over every input position or a broadcast sparse matrix; a part of a
+    concatenation is lowered padded to all the concatenation's channels."""
+    if isinstance(m, L.Embedded):
+        return map_integer_bytes(m.inner) * m.out_shape[0] // max(m.inner.out_shape[0], 1)
     if isinstance(m, L.GlobalDense):
         pin, pout = m.positions
         if pout == 1:

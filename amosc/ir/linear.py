@@ -232,6 +232,99 @@ class GlobalDense(LinearMap):
         return super().reshaped(out_shape)
 
 
+@dataclass(frozen=True, eq=False)
+class Embedded(LinearMap):
+    """out[offset:offset + c] = inner(x) along the channel axis (axis 0), zero elsewhere:
+    one part of a channel Concat. ``inner`` is any map with out_shape (c, *rest); the
+    embedding costs nothing, so a DenseNet block's growing concatenations hold one
+    reference to each layer's convolution instead of a sparse matrix per layer and
+    concatenation. A map applied after it is sliced to the part's channels
+    (:func:`_compose_embedded`): a convolution reading a concatenation becomes one
+    convolution per part on that part's input channels."""
+    inner: LinearMap = None
+    offset: int = 0
+
+    @property
+    def part(self) -> slice:
+        return slice(self.offset, self.offset + self.inner.out_shape[0])
+
+    def apply(self, x):
+        out = np.zeros((x.shape[0], *self.out_shape))
+        out[:, self.part] = self.inner.apply(x)
+        return out
+
+    def to_sparse(self):
+        rest = int(np.prod(self.out_shape[1:]))
+        m = self.inner.to_sparse().tocsr()
+        before = self.offset * rest
+        indptr = np.concatenate([np.zeros(before, m.indptr.dtype), m.indptr,
+                                 np.full(int(np.prod(self.out_shape)) - before - m.shape[0], m.indptr[-1],
+                                         m.indptr.dtype)])
+        return sp.csr_matrix((m.data, m.indices, indptr), shape=(int(np.prod(self.out_shape)), m.shape[1]))
+
+    def row_sums(self):
+        out = []
+        for r in self.inner.row_sums():
+            full = np.zeros(self.out_shape)
+            full[self.part] = r
+            out.append(full)
+        return tuple(out)
+
+    def materialized(self) -> LinearMap:
+        """The same map in a kind the lowering knows: a convolution with zero output
+        channels outside the part (for a conv inside), else a sparse matrix."""
+        m = self.inner
+        if isinstance(m, Conv):
+            w = np.zeros((self.out_shape[0], *dense_channels(m).shape[1:]))
+            w[self.part] = dense_channels(m)
+            return replace(m, out_shape=tuple(self.out_shape), w=w, groups=1)
+        return Sparse(self.in_shape, tuple(self.out_shape), self.to_sparse())
+
+
+def embed(m: LinearMap, offset: int, channels: int) -> Embedded:
+    """``m`` placed at channel ``offset`` of ``channels`` (nested embeddings flattened)."""
+    if isinstance(m, Embedded):
+        return embed(m.inner, offset + m.offset, channels)
+    return Embedded(tuple(m.in_shape), (channels, *m.out_shape[1:]), m, offset)
+
+
+def _slice_inputs(outer: LinearMap, part: slice, in_shape) -> "LinearMap | None":
+    """``outer`` restricted to the input channels ``part`` (a map from ``in_shape``), or None."""
+    in_shape = tuple(in_shape)
+    if isinstance(outer, Conv):
+        w = dense_channels(outer)[:, part]
+        return replace(outer, in_shape=in_shape, w=w, groups=1)
+    if isinstance(outer, Scale) and outer.in_shape == outer.out_shape:
+        return None   # handled by the caller: a scale keeps the embedding
+    rest = int(np.prod(in_shape[1:]))
+    cols = slice(part.start * rest, part.stop * rest)
+    if isinstance(outer, Dense):
+        return Dense(in_shape, tuple(outer.out_shape), outer.w[:, cols])
+    if isinstance(outer, Sparse):
+        return Sparse(in_shape, tuple(outer.out_shape), outer.m.tocsc()[:, cols].tocsr())
+    if isinstance(outer, GlobalDense):
+        return GlobalDense(in_shape, tuple(outer.out_shape), outer.w[:, part])
+    return None
+
+
+def _compose_embedded(outer: LinearMap, inner: LinearMap) -> "LinearMap | None":
+    """outer∘inner when either is an :class:`Embedded`, kept compact; else None."""
+    if isinstance(outer, Embedded):
+        return embed(compose(outer.inner, inner), outer.offset, outer.out_shape[0])
+    if not isinstance(inner, Embedded):
+        return None
+    if isinstance(outer, Scale) and outer.in_shape == outer.out_shape:
+        s = np.asarray(outer.s)[inner.part]
+        part_shape = tuple(inner.inner.out_shape)
+        return embed(compose(Scale(part_shape, part_shape, s), inner.inner), inner.offset, outer.out_shape[0])
+    if isinstance(outer, ChannelTile):   # the segments of a fitted unit over a concatenation
+        c = inner.inner.out_shape[0]
+        tile = ChannelTile(tuple(inner.inner.out_shape), (c * outer.reps, *outer.out_shape[1:]), outer.reps)
+        return embed(compose(tile, inner.inner), inner.offset * outer.reps, outer.out_shape[0])
+    sliced = _slice_inputs(outer, inner.part, inner.inner.out_shape)
+    return None if sliced is None else compose(sliced, inner.inner)
+
+
 def _global(m: LinearMap) -> "GlobalDense | None":
     """``m`` as a :class:`GlobalDense` when it is one: a convolution whose unpadded kernel
     covers its whole (C, H, W) input with weights constant over space (a global average
@@ -419,6 +512,11 @@ def compose(outer: LinearMap, inner: LinearMap) -> LinearMap:
     """The map x -> outer(inner(x))."""
     if tuple(outer.in_shape) != tuple(inner.out_shape):
         raise ValueError(f"cannot compose: {outer.in_shape} != {inner.out_shape}")
+    got = _compose_embedded(outer, inner)
+    if got is not None:
+        return got
+    if isinstance(inner, Embedded):
+        inner = inner.materialized()
     got = _compose_global(outer, inner)
     if got is not None:
         return got
@@ -492,6 +590,10 @@ def add_maps(a: LinearMap, b: LinearMap) -> LinearMap:
         return replace(a, f=a.f + b.f)
     if isinstance(a, GlobalDense) and isinstance(b, GlobalDense):
         return replace(a, w=sp.csr_matrix(a.w + b.w))
+    if isinstance(a, Embedded) and isinstance(b, Embedded) and a.offset == b.offset \
+            and a.inner.out_shape == b.inner.out_shape:
+        return embed(add_maps(a.inner, b.inner), a.offset, a.out_shape[0])
+    a, b = (m.materialized() if isinstance(m, Embedded) else m for m in (a, b))
     if isinstance(a, Conv) and isinstance(b, Conv) and a.attrs() == b.attrs() \
             and a.w.shape == b.w.shape:
         return replace(a, w=a.w + b.w)
