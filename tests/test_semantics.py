@@ -182,3 +182,36 @@ def test_sixteen_bit_weights_keep_per_channel_ranges_at_k8(tmp_path):
         p = amosc.compile(path, x, bits=8, weight_bits=wbits, calibration="max")
         g = next(q for q in p.populations if isinstance(q, GatePop))
         assert (g.scale.max() / g.scale.min() > 1.5) == spread
+
+
+@pytest.mark.parametrize("groups,stride,pad,dil,k", [(1, 1, 1, 1, 3), (4, 2, 0, 1, 3), (8, 1, 2, 2, 3), (1, 3, 1, 1, 5)])
+def test_conv_products_and_floored_planes_are_exact_integers(groups, stride, pad, dil, k):
+    """Level 1 runs convs through onnxruntime in float32 and floors binary planes in float:
+    both must equal int64 arithmetic, here with sums close to the 2^24 float32 bound."""
+    from amosc.ir.nodes import Projection
+    from amosc.ir.semantics import FLOAT32_EXACT, floor_shift, integer_product, plane_inputs
+    rng = np.random.default_rng(groups * 7 + k)
+    cin, cout, hw = 8, 8, 11
+    w = rng.choice([-128, 127, -127, 126], size=(cout, cin // groups, k, k)).astype(np.int8)
+    attrs = dict(strides=(stride, stride), pads=(pad,) * 4, dilations=(dil, dil), groups=groups)
+    ho = (hw + 2 * pad - dil * (k - 1) - 1) // stride + 1
+    exp = rng.integers(-9, 2, cout)
+    proj = Projection("a->b", "a", "b", "conv", w, exp, (cin, hw, hw), (cout, ho, ho), attrs)
+    vmax = (FLOAT32_EXACT - 1) // int(np.abs(w.astype(np.int64)).reshape(cout, -1).sum(1).max())
+    v = rng.integers(-vmax, vmax + 1, size=(3, cin, hw, hw))
+    want = np.zeros((3, cout, ho, ho), np.int64)   # the int64 sum, tap by tap
+    vp = np.pad(v, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    g_in, g_out = cin // groups, cout // groups
+    for o in range(cout):
+        g = o // g_out
+        for i in range(k):
+            for j in range(k):
+                patch = vp[:, g * g_in:(g + 1) * g_in, i * dil:i * dil + stride * (ho - 1) + 1:stride,
+                           j * dil:j * dil + stride * (ho - 1) + 1:stride]
+                want[:, o] += np.tensordot(patch, w[o, :, i, j].astype(np.int64), axes=([1], [0]))
+    np.testing.assert_array_equal(integer_product(proj, v, vmax), want)
+    z = (rng.uniform(size=(4, 5, cin, hw, hw)) < 0.6).astype(np.uint8)   # binary planes, weights 8..1
+    got = plane_inputs(proj, [8, 4, 2, 1], z)
+    for p, d in enumerate([8, 4, 2, 1]):
+        s = integer_product(proj, z[p].astype(np.int64), 1)
+        np.testing.assert_array_equal(got[p], floor_shift(s * d, exp.reshape(1, -1, 1, 1)))

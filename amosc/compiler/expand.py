@@ -45,7 +45,7 @@ def expand_fitted(fg: TensorGraph, ranges: dict, bits: int, balance: dict | None
             continue
         c = gate.shape[0]
         lo, hi = (np.broadcast_to(np.asarray(v, np.float64), (c,)) for v in ranges[gate.name])
-        f = fit_layer(gate.fn, lo, hi, bits, tolerance)
+        f = fit_layer(gate.fn, lo, hi, gate.bits or bits, tolerance)  # a gate's own K first
         shape = (c * f.segments, *gate.shape[1:])
         tile = L.ChannelTile(tuple(gate.shape), shape, f.segments)
         breaks = f.breaks[:, :-1].ravel()

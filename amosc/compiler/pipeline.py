@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import __version__
-from ..errors import CalibrationError, CalibrationWarning, IRError, RangeError
+from ..errors import CalibrationError, CalibrationWarning, IRError, ModelError, RangeError
 from ..ir.nodes import Program
 from ..ir.semantics import max_compartments
 from ..ir.verify import verify
@@ -54,12 +54,15 @@ def import_graph(model_path, maxpool: str = "tree", dump=None):
     return run_tensor_passes(import_model(model_path, maxpool=maxpool), IMPORT_PASSES, dump, after="import")
 
 
-def calibrate(fg, calib: np.ndarray, opts: Options):
+def calibrate(fg, calib: np.ndarray, opts: Options, precisions=None):
     """Ranges of every gate from the imported float graph run on the calibration data:
     ``alphas[name]`` (per-channel upper range of ReLU-family gates), ``ranges[name]``
     ((lo, hi) of a fitted gate's input per channel, see :func:`fitted_range`; of the
     balanced input for product squares) and ``balance[name]`` (per-channel factor of a
-    product's square pair, see :func:`balance_pair`)."""
+    product's square pair, see :func:`balance_pair`). A gate's range is set for its own K
+    (``gate.bits``, else ``opts.bits``); with ``precisions`` (a list of K) the float graph runs
+    once and {K: (alphas, ranges, balance, in_range)} is returned, every gate without its own
+    bits calibrated for that K (for :mod:`.precision`)."""
     from ..progress import progress
     from ..ir.tensor import float_eval
     n = calib.shape[0]
@@ -83,29 +86,39 @@ def calibrate(fg, calib: np.ndarray, opts: Options):
             samples[g.name].append(max_compartments(pre[g.name], g.compartments)[(-i) % s::s].astype(np.float32))
             peak[g.name] = max(peak[g.name], float(pre[g.name].max()))
     check_calibration(fg, peak, stats)
-    alphas, ranges, balance = {}, {}, {}
+    balance = {}
     for g in fg.gates:
         if g.partner is not None:
             balance[g.name], u, w = balance_pair(np.concatenate(samples[g.name]),
                                                  np.concatenate(samples[g.partner]))
             samples[g.name], samples[g.partner] = [u], [w]
     for g in fg.gates:
-        if g.compartments > 1 and g.alpha_from is not None:  # a pool of codes: its source's step
-            continue
-        v = np.concatenate(samples.pop(g.name))
-        if g.name in paired and v.size > MAX_CALIB_VALUES:  # a balanced square: subsample it now
-            v = v[:: -(-v.size // MAX_CALIB_VALUES)]
-        if g.fn is not None:
-            ranges[g.name] = fitted_range(v, opts, g.fn)
-        else:
-            alphas[g.name] = scale_from(v, opts.calibration, opts.percentile,
-                                        opts.granularity == "channel", opts.bits)
+        if g.name in samples:
+            v = np.concatenate(samples.pop(g.name))
+            if g.name in paired and v.size > MAX_CALIB_VALUES:  # a balanced square: subsample it now
+                v = v[:: -(-v.size // MAX_CALIB_VALUES)]
+            samples[g.name] = v
     x = calib.astype(np.float64)
     if opts.calibration in ("max", "mse"):
         in_range = (float(x.min()), float(x.max()))
     else:
         in_range = (float(np.percentile(x, 100 - opts.percentile)), float(np.percentile(x, opts.percentile)))
-    return alphas, ranges, balance, in_range
+
+    def at(k):
+        alphas, ranges = {}, {}
+        for g in fg.gates:
+            if g.compartments > 1 and g.alpha_from is not None:  # a pool of codes: its source's step
+                continue
+            bits = g.bits or k   # a gate's own precision (per-layer K), else the program's
+            if g.fn is not None:
+                ranges[g.name] = fitted_range(samples[g.name], opts, g.fn, bits)
+            else:
+                alphas[g.name] = scale_from(samples[g.name], opts.calibration, opts.percentile,
+                                            opts.granularity == "channel", bits)
+        return alphas, ranges, balance, in_range
+    if precisions is None:
+        return at(opts.bits)
+    return {k: at(k) for k in precisions}
 
 
 def balance_pair(u: np.ndarray, v: np.ndarray):
@@ -123,7 +136,7 @@ def balance_pair(u: np.ndarray, v: np.ndarray):
     return a, (ab * x + y / ab) / 2, (ab * x - y / ab) / 2
 
 
-def fitted_range(v: np.ndarray, opts: Options, fn) -> tuple:
+def fitted_range(v: np.ndarray, opts: Options, fn, bits: int | None = None) -> tuple:
     """(lo, hi), each (C,): the input range a fitted gate of ``fn`` is fitted on, per
     channel of the samples v (N, C, ...) (the layer's range for every channel with
     granularity 'layer'): min/max with 'max' calibration, the least expected K-bit error
@@ -134,7 +147,7 @@ def fitted_range(v: np.ndarray, opts: Options, fn) -> tuple:
     if opts.calibration == "max":
         lo, hi = rows.min(axis=1), rows.max(axis=1)
     elif opts.calibration == "mse":
-        lo, hi = np.array([mse_fn_range(fn, r, opts.bits) for r in rows]).T
+        lo, hi = np.array([mse_fn_range(fn, r, bits or opts.bits) for r in rows]).T
     else:
         lo, hi = np.percentile(rows, [100 - opts.percentile, opts.percentile], axis=1)
     c = v.shape[1]
@@ -144,6 +157,7 @@ def fitted_range(v: np.ndarray, opts: Options, fn) -> tuple:
 def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, *,
                   limits: Limits | None = None, strict: bool = False, calib_name: str = "",
                   dump=None, latency_budget: int | None = None, neuron_budget: int | None = None,
+                  max_drop: float | None = None, validation: tuple | None = None, log=None,
                   **kw) -> Program:
     """Compile an ONNX classifier to a verified AMOS program.
 
@@ -160,6 +174,9 @@ def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, *,
     per ADC gate (SAR, radix-2^r, flash; :mod:`.structures`) for the fewest neurons within
     the latency budget, or the lowest latency within the neuron budget, at the same
     precision; an impossible budget raises ModelError naming the best achievable value.
+    ``max_drop`` (top-1 points against the float model on ``validation`` = (inputs, labels)):
+    lower some gates' K where the measured loss is smallest (:mod:`.precision`); ``log(line)``
+    receives its progress and its report.
     """
     import warnings
     opts = opts or Options(**kw)
@@ -167,7 +184,16 @@ def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, *,
         if strict:
             warnings.simplefilter("error", CalibrationWarning)
         try:
-            program = _compile(model_path, calib, opts, limits or Limits(), calib_name, dump)
+            if max_drop is None:
+                program = _compile(model_path, calib, opts, limits or Limits(), calib_name, dump)
+            else:
+                if validation is None:
+                    raise ModelError("--max-drop needs validation inputs and their labels")
+                from .precision import choose_precision
+                program, report = choose_precision(model_path, calib, *validation, max_drop, opts,
+                                                   limits=limits, calib_name=calib_name, log=log, dump=dump)
+                if log:
+                    log(report.render())
         except CalibrationWarning as w:
             raise CalibrationError(f"{w} (an error with --strict)") from None
     if latency_budget is None and neuron_budget is None:
@@ -190,16 +216,31 @@ def choose_structures(program: Program, latency_budget=None, neuron_budget=None,
 
 
 def _compile(model_path, calib, opts: Options, limits: Limits, calib_name: str, dump=None) -> Program:
+    fg, calib = prepare(model_path, calib, opts, limits, calib_name, dump)
+    return build(fg, calib.shape[0], calibrate(fg, calib, opts), opts, limits, dump)
+
+
+def prepare(model_path, calib, opts: Options, limits: Limits, calib_name: str = "", dump=None):
+    """Import (and the import passes), check the calibration data against the model and the
+    limits: (tensor graph, calibration array as the model's input shape)."""
     fg = import_graph(model_path, opts.maxpool, dump)
     raw, calib = calib, check_input_array(calib, fg.input_shape, "calibration data", calib_name)
     check_raw_calibration(raw, calib_name)
     est = resources.estimate(fg, opts.bits, opts.weight_bits, calib.shape[0], CALIB_BATCH)
     resources.check(est, limits, "fitted units counted as one K-bit unit per element")
-    alphas, ranges, balance, in_range = calibrate(fg, calib, opts)
+    return fg, calib
+
+
+def build(fg, n_calib: int, calibration: tuple, opts: Options, limits: Limits, dump=None) -> Program:
+    """From a calibrated tensor graph (``calibration``: what :func:`calibrate` returns) to the
+    verified integer program: expand_fitted, lower, the integer passes. A gate's ``bits``
+    (per-layer K, see :mod:`.precision`) overrides ``opts.bits``."""
+    alphas, ranges, balance, in_range = calibration
+
     def expand_fitted(g):
         return expand(g, ranges, opts.bits, balance, opts.fit_tolerance)
     fg = run_tensor_passes(fg, [expand_fitted], dump)
-    est = resources.estimate(fg, opts.bits, opts.weight_bits, calib.shape[0], CALIB_BATCH)
+    est = resources.estimate(fg, opts.bits, opts.weight_bits, n_calib, CALIB_BATCH)
     resources.check(est, limits, "fitted units expanded into their segments")
     program = lower(fg, alphas, in_range, opts)
     if dump:
@@ -211,5 +252,5 @@ def _compile(model_path, calib, opts: Options, limits: Limits, calib_name: str, 
     program.provenance = {"source": fg.path.rsplit("/", 1)[-1], "sha256": fg.sha256,
                           "opset": fg.opset, "amosc": __version__, "input_name": fg.input_name,
                           "output_name": fg.output_name, "softmax": fg.softmax or "",
-                          "calibration_samples": int(calib.shape[0])}
+                          "calibration_samples": int(n_calib)}
     return run_passes(program, dump=dump)

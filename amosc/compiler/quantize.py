@@ -319,9 +319,9 @@ def lower(fg: TensorGraph, alphas: dict, input_range: tuple, opts: Options) -> P
             # weights lose more than the K-bit code gains, so per-channel ranges stop there (with
             # one 8-bit mantissa set at K >= 8 every channel gets the layer's range; a second set
             # for the residue leaves room for 16 - K more bits). This also covers dead channels.
-            floor = top * 2.0 ** min(K - opts.weight_bits, 0)
+            floor = top * 2.0 ** min(bits - opts.weight_bits, 0)
             alpha = np.maximum(alpha, floor) if top > 0 else np.ones_like(alpha)
-            out_step, exact = alpha / maxcode, False
+            out_step, exact = alpha / (2**bits - 1), False
         if gs.compartments > 1 and gs.alpha_from is not None and not exact:
             raise RangeError(f"layer {gs.name!r}: a lateral-inhibition pooling unit needs its source's "
                              "code steps (a ReLU-family activation with the same bits)")

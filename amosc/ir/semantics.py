@@ -152,6 +152,43 @@ class _Weights:
             self.by_dtype[dtype] = w.astype(dtype) if self.proj.kind == "sparse" else np.asarray(w, dtype)
         return self.by_dtype[dtype]
 
+    def conv32(self, x: np.ndarray) -> np.ndarray:
+        """The conv of float32 x by onnxruntime's CPU kernels (several times faster than
+        numpy's shifted products), the batch split as :func:`_conv` splits it. Exact under
+        :func:`integer_product`'s float32 bound: every product and partial sum is an integer
+        below 2^24, so any order of float32 multiply-adds gives the integer sum (tested against
+        int64 products in tests/test_semantics.py)."""
+        if "session" not in self.by_dtype:
+            self.by_dtype["session"] = _conv_session(self.get(np.float32), self.proj.attrs)
+        sess = self.by_dtype["session"]
+        n = x.shape[0]
+        per_image = 4 * (int(np.prod(x.shape[1:])) + int(np.prod(self.proj.out_shape)))
+        step = max(1, CONV_CHUNK_BYTES // max(1, per_image))
+        if n <= step:
+            return sess.run(None, {"x": x})[0]
+        out = np.empty((n, *self.proj.out_shape), np.float32)
+        for a in range(0, n, step):
+            out[a:a + step] = sess.run(None, {"x": x[a:a + step]})[0]
+        return out
+
+
+def _conv_session(w: np.ndarray, attrs: dict):
+    """An onnxruntime session computing one Conv (no bias) of float32 weights w."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    node = helper.make_node("Conv", ["x", "w"], ["y"], strides=list(attrs["strides"]), pads=list(attrs["pads"]),
+                            dilations=list(attrs["dilations"]), group=int(attrs["groups"]),
+                            kernel_shape=list(w.shape[2:]))
+    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.ascontiguousarray(w), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    # no graph rewriting: the one Conv node runs as written
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
 
 _WEIGHTS: "weakref.WeakKeyDictionary[Projection, _Weights]" = weakref.WeakKeyDictionary()
 
@@ -174,11 +211,21 @@ def integer_product(proj: Projection, v: np.ndarray, vmax: int) -> np.ndarray:
     The product runs in float32 when the bound allows (binary spike planes: 128 * fan-in
     < 2^24 for fan-ins up to 131072), else in float64, else (never for a verified program,
     whose range proof bounds every plane's sum) in int64, which numpy multiplies exactly."""
+    return _product(proj, v, vmax).astype(np.int64, copy=False)
+
+
+def _product(proj: Projection, v: np.ndarray, vmax: int) -> np.ndarray:
+    """:func:`integer_product` in the dtype it was computed in (float32, float64 or int64),
+    every value an exact integer."""
     wts = _weights(proj)
     bound = wts.row_abs * int(vmax)
     dtype = np.float32 if bound < FLOAT32_EXACT else np.float64 if bound < FLOAT64_EXACT else np.int64
-    y = _apply(proj.kind, wts.get(dtype), proj.attrs, np.asarray(v).astype(dtype, copy=False), proj.out_shape)
-    return y.astype(np.int64, copy=False)
+    x = np.asarray(v).astype(dtype, copy=False)
+    if proj.kind == "conv" and dtype is np.float32 and len(proj.out_shape) == 3:
+        y = wts.conv32(np.ascontiguousarray(x))
+    else:
+        y = _apply(proj.kind, wts.get(dtype), proj.attrs, x, proj.out_shape)
+    return y
 
 
 # ---------------------------------------------------------------------------
@@ -207,9 +254,22 @@ def plane_inputs(proj: Projection, weights, z: np.ndarray) -> np.ndarray:
     """:func:`plane_input` of several planes z (P, N, *in_shape) with code weights d_p
     (P of them), computed by one product with the planes stacked along the batch axis:
     (P, N, *out_shape), each plane floored on its own."""
+    return _plane_values(proj, weights, z).astype(np.int64, copy=False)
+
+
+def _plane_values(proj: Projection, weights, z: np.ndarray) -> np.ndarray:
+    """:func:`plane_inputs` as exact integers in the dtype the product was computed in. When
+    every d_p is a power of two (binary codes), floor(d_p S 2^e) is computed in that float
+    dtype: d_p 2^e only rescales the exact integer S by a power of two (exact), and the floor
+    of an exact value is exact."""
     p, n = z.shape[:2]
-    s = integer_product(proj, z.reshape(p * n, *z.shape[2:]), _max_abs(z)).reshape(p, n, *proj.out_shape)
+    s = _product(proj, z.reshape(p * n, *z.shape[2:]), _max_abs(z)).reshape(p, n, *proj.out_shape)
     e = channel_exp(proj)
+    if s.dtype.kind == "f" and all(int(d) > 0 and int(d) & (int(d) - 1) == 0 for d in weights):
+        for i, d in enumerate(weights):
+            s[i] *= (int(d) * np.exp2(e.astype(np.float64))).astype(s.dtype)
+        return np.floor(s, out=s)
+    s = s.astype(np.int64, copy=False)
     for i, d in enumerate(weights):
         s[i] = floor_shift(s[i] * d, e)
     return s
@@ -242,7 +302,10 @@ def encode_input(pop: InputPop, x: np.ndarray) -> np.ndarray:
 
 def bit_planes(c: np.ndarray, bits: int) -> np.ndarray:
     """Binary planes of codes c, MSB first: (K, *c.shape) uint8."""
-    return np.stack([(c >> (bits - 1 - k)) & 1 for k in range(bits)]).astype(np.uint8)
+    c = np.asarray(c)
+    dt = np.uint8 if bits <= 8 else np.uint16 if bits <= 16 else np.int64   # codes are in [0, 2^K)
+    shifts = np.arange(bits - 1, -1, -1, dtype=dt).reshape((bits,) + (1,) * c.ndim)
+    return ((c.astype(dt, copy=False)[None] >> shifts) & dt(1)).astype(np.uint8, copy=False)
 
 
 def spike_counts(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -308,7 +371,8 @@ def spikes_input(proj: Projection, code: Code, z: np.ndarray) -> np.ndarray:
         out = np.zeros((n, *proj.out_shape), np.int64)
     if rest:
         planes = z[rest[0]:rest[-1] + 1] if rest == list(range(rest[0], rest[-1] + 1)) else z[rest]
-        out += plane_inputs(proj, [code.weights[k] for k in rest], planes).sum(axis=0)
+        vals = _plane_values(proj, [code.weights[k] for k in rest], planes)
+        out += vals.sum(axis=0, dtype=vals.dtype if vals.dtype == np.int64 else np.float64).astype(np.int64)
     return out
 
 
