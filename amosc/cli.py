@@ -136,6 +136,15 @@ def main(debug):
 @click.option("--neuron-budget", type=click.IntRange(1), default=None, metavar="N",
               help="Choose structures for the lowest latency with at most N neurons (refused when even "
                    "the smallest program has more).")
+@click.option("--max-drop", type=click.FloatRange(0), default=None, metavar="POINTS",
+              help="Per-layer precision: lower some gates' K below --bits where it costs least, keeping "
+                   "top-1 accuracy on --val-input/--labels within POINTS percentage points of the float "
+                   "model's (measured per layer, then on the chosen program; docs/optimizer.md). Refused when "
+                   "even uniform --bits loses more.")
+@click.option("--val-input", type=click.Path(dir_okay=False), default=None,
+              help="Validation inputs (.npy, N x input shape) for --max-drop.")
+@click.option("--labels", type=click.Path(dir_okay=False), default=None,
+              help="Integer class labels (.npy, N) of --val-input, for --max-drop.")
 @click.option("--dump-after", "dump_after", multiple=True, metavar="PASS",
               help="Print the IR after PASS (repeatable; 'all': after every pass) to stderr, or into --dump-dir. "
                    "Passes: import, drop_dead_gates, expand_fitted (tensor IR); lower, fold_constant_populations, "
@@ -145,8 +154,8 @@ def main(debug):
               help="Write each --dump-after IR to DIR/NN-PASS.air (integer IR) or DIR/NN-PASS.tir (tensor IR), "
                    "NN the pass's position in the pipeline, instead of stderr.")
 def compile(model, calib, output, bits, calibration, percentile, rounding, granularity, weight_bits,  # noqa: A001
-            maxpool, fit_tolerance, max_neurons, max_memory, strict, latency_budget, neuron_budget, dump_after,
-            dump_dir):
+            maxpool, fit_tolerance, max_neurons, max_memory, strict, latency_budget, neuron_budget, max_drop,
+            val_input, labels, dump_after, dump_dir):
     """Compile an ONNX MODEL into an AMOS program (.amos)."""
     import warnings
     from .compiler.calibrate import read_npy
@@ -162,13 +171,26 @@ def compile(model, calib, output, bits, calibration, percentile, rounding, granu
     limits = Limits(**{k: v for k, v in (("max_neurons", max_neurons), ("max_memory", max_memory)) if v})
     output = output or os.path.splitext(model)[0] + ".amos"
     check_output(output, [model, calib])
+    if max_drop is not None and not (val_input and labels):
+        raise click.BadParameter("--max-drop needs --val-input and --labels (the data the accuracy is "
+                                 "measured on)", param_hint="'--max-drop'")
+    if max_drop is None and (val_input or labels):
+        raise click.BadParameter("--val-input and --labels are used only with --max-drop",
+                                 param_hint="'--val-input'" if val_input else "'--labels'")
     dump = _dumper(dump_after, dump_dir)
     x = read_npy(calib, "calibration data")
+    validation = None
+    if max_drop is not None:
+        from .compiler.calibrate import load_labels
+        xv = read_npy(val_input, "validation input")
+        validation = (xv, load_labels(labels, len(xv))[:len(xv)])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CalibrationWarning)
         try:
             program = compile_model(model, x, opts, limits=limits, strict=strict, calib_name=calib, dump=dump,
-                                    latency_budget=latency_budget, neuron_budget=neuron_budget)
+                                    latency_budget=latency_budget, neuron_budget=neuron_budget,
+                                    max_drop=max_drop, validation=validation,
+                                    log=lambda line: click.echo(line, err=True))
         finally:
             for w in caught:
                 if issubclass(w.category, CalibrationWarning):
