@@ -215,3 +215,31 @@ def test_conv_products_and_floored_planes_are_exact_integers(groups, stride, pad
     for p, d in enumerate([8, 4, 2, 1]):
         s = integer_product(proj, z[p].astype(np.int64), 1)
         np.testing.assert_array_equal(got[p], floor_shift(s * d, exp.reshape(1, -1, 1, 1)))
+
+
+@pytest.mark.parametrize("groups", [1, 6])
+def test_global_and_broadcast_projections_take_exact_shortcuts(groups):
+    """A whole-map conv repeating one weight per channel pair (GAP then FC) is evaluated as a
+    spatial sum then a matrix, and a sparse broadcast (a gate repeated over a map) as a matrix
+    then a repeat: the same integers as the projection applied as written."""
+    import scipy.sparse as sp
+    from amosc.ir.nodes import Projection
+    from amosc.ir.semantics import _weights, integer_product, linear
+    rng = np.random.default_rng(groups)
+    c, co, hw = 6, 12, 5
+    q = rng.integers(-128, 128, (co, c // groups)).astype(np.int8)
+    w = np.ascontiguousarray(np.broadcast_to(q[:, :, None, None], (co, c // groups, hw, hw)))
+    attrs = dict(strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=groups)
+    conv = Projection("a->b", "a", "b", "conv", w, np.zeros(co, np.int64), (c, hw, hw), (co, 1, 1), attrs)
+    mat = sp.kron(sp.csr_matrix(q if groups == 1 else rng.integers(-9, 9, (co, c)).astype(np.int8)),
+                  np.ones((hw * hw, 1), np.int8), format="csr").astype(np.int8)
+    bcast = Projection("a->c", "a", "c", "sparse", mat, np.zeros(co, np.int64), (c, 1, 1), (co, hw, hw))
+    for proj, shape in ((conv, (4, c, hw, hw)), (bcast, (4, c, 1, 1))):
+        assert _weights(proj).fast is not None
+        v = rng.integers(0, 256, shape)
+        want = linear(proj.kind, proj.weight, proj.attrs, v, proj.out_shape)   # float64, exact here
+        np.testing.assert_array_equal(integer_product(proj, v, 255), want.astype(np.int64))
+    w2 = w.copy()
+    w2[0, 0, 1, 2] += 1                      # no longer one weight per channel pair: no shortcut
+    conv2 = Projection("a->b", "a", "b", "conv", w2, np.zeros(co, np.int64), (c, hw, hw), (co, 1, 1), attrs)
+    assert _weights(conv2).fast is None

@@ -139,12 +139,38 @@ class _Weights:
     def __init__(self, proj: Projection):
         w = proj.weight
         if proj.kind == "sparse":
-            absw = abs(w.astype(np.int64))
-            self.row_abs = int(absw.sum(axis=1).max()) if w.shape[0] else 0
+            absw = abs(w.astype(np.int16))
+            self.row_abs = int(absw.sum(axis=1, dtype=np.int64).max()) if w.shape[0] else 0
         else:
-            absw = np.abs(w.astype(np.int64)).reshape(w.shape[0], -1)
-            self.row_abs = int(absw.sum(axis=1).max()) if absw.size else 0
+            absw = np.abs(w.astype(np.int16)).reshape(w.shape[0], -1)
+            self.row_abs = int(absw.sum(axis=1, dtype=np.int64).max()) if absw.size else 0
+        del absw
         self.proj, self.by_dtype = proj, {}
+        #: (kind, q): a cheaper exact form of the same integer map, or None. "global": a conv
+        #: whose kernel covers the whole input and repeats one weight per (output, input)
+        #: channel (GAP-then-FC heads, squeeze-excitation): a spatial sum, then q (C_out,
+        #: C_in / groups). "broadcast": a sparse matrix repeating one row per output channel
+        #: over every output position (a gate broadcast over a map): q (C_out, F_in), then a
+        #: broadcast. Both are the same integer sums, so the float bounds of
+        #: :func:`integer_product` hold for them too.
+        self.fast = _global_form(proj) or _broadcast_form(proj)
+
+    def apply_fast(self, x: np.ndarray) -> np.ndarray:
+        kind, q = self.fast
+        n, proj = x.shape[0], self.proj
+        q = q.astype(x.dtype, copy=False)
+        if kind == "global":
+            s = x.reshape(n, x.shape[1], -1).sum(axis=2)          # (n, C_in)
+            g = proj.attrs["groups"]
+            if g == 1:
+                y = s @ q.T
+            else:  # groups: output o reads input channels of its group
+                cig, cog = x.shape[1] // g, q.shape[0] // g
+                y = np.einsum("ngi,goi->ngo", s.reshape(n, g, cig), q.reshape(g, cog, cig)).reshape(n, -1)
+            return y.reshape((n, *proj.out_shape))
+        y = x.reshape(n, -1) @ q.T                                 # (n, C_out)
+        co = proj.out_shape[0]
+        return np.repeat(y[:, :, None], int(np.prod(proj.out_shape)) // co, axis=2).reshape((n, *proj.out_shape))
 
     def get(self, dtype):
         if dtype not in self.by_dtype:
@@ -170,6 +196,32 @@ class _Weights:
         for a in range(0, n, step):
             out[a:a + step] = sess.run(None, {"x": x[a:a + step]})[0]
         return out
+
+
+def _global_form(proj: Projection):
+    if proj.kind != "conv" or len(proj.out_shape) != 3 or proj.out_shape[1:] != (1, 1):
+        return None
+    w, a = proj.weight, proj.attrs
+    if (tuple(w.shape[2:]) != tuple(proj.in_shape[1:]) or any(a["pads"]) or tuple(a["dilations"]) != (1, 1)
+            or w.shape[2] * w.shape[3] < 4):
+        return None
+    q = w[:, :, 0, 0]
+    return ("global", q.copy()) if np.array_equal(w, np.broadcast_to(q[:, :, None, None], w.shape)) else None
+
+
+def _broadcast_form(proj: Projection):
+    if proj.kind != "sparse" or len(proj.out_shape) < 2:
+        return None
+    import scipy.sparse as sp
+    co = proj.out_shape[0]
+    per = int(np.prod(proj.out_shape)) // co
+    m = proj.weight
+    if per < 2 or m.shape[0] != co * per:
+        return None
+    q = m[::per]                                                  # the first position's rows
+    if (sp.kron(q, np.ones((per, 1), np.int8), format="csr") != m).nnz:
+        return None
+    return ("broadcast", q.toarray())
 
 
 def _conv_session(w: np.ndarray, attrs: dict):
@@ -221,7 +273,9 @@ def _product(proj: Projection, v: np.ndarray, vmax: int) -> np.ndarray:
     bound = wts.row_abs * int(vmax)
     dtype = np.float32 if bound < FLOAT32_EXACT else np.float64 if bound < FLOAT64_EXACT else np.int64
     x = np.asarray(v).astype(dtype, copy=False)
-    if proj.kind == "conv" and dtype is np.float32 and len(proj.out_shape) == 3:
+    if wts.fast is not None:
+        y = wts.apply_fast(x)
+    elif proj.kind == "conv" and dtype is np.float32 and len(proj.out_shape) == 3:
         y = wts.conv32(np.ascontiguousarray(x))
     else:
         y = _apply(proj.kind, wts.get(dtype), proj.attrs, x, proj.out_shape)
