@@ -282,3 +282,32 @@ def test_sum_and_a_softmax_over_a_conv_head_from_an_old_opset(tmp_path):
     prog = amosc.compile(path, x[:100], bits=8)
     rep = prog.validate(path, x[100:])
     assert rep.agreement >= 0.95 and rep.logits_max_err < 0.05, rep.render()
+
+
+@pytest.mark.parametrize("groups", [2, 4])
+def test_channel_shuffle_stays_a_convolution(tmp_path, groups):
+    """ShuffleNet's channel shuffle (Reshape, Transpose of the group axes, Reshape) before a
+    depthwise conv and a grouped 1x1 conv only moves whole channel planes: it becomes a 1x1
+    conv that the convolutions around it absorb (no sparse matrix), and compiles exactly."""
+    from amosc.compiler.pipeline import import_graph
+    c = 8
+    b = GraphBuilder((1, 12, 12), seed=11)
+    h = b.relu(b.conv("x", 1, c))
+    shape = b.init(np.array([0, groups, c // groups, 12, 12], np.int64), "shape")
+    back = b.init(np.array([0, c, 12, 12], np.int64), "shape")
+    h = b.node("Reshape", [h, shape])
+    h = b.node("Transpose", [h], perm=[0, 2, 1, 3, 4])
+    h = b.node("Reshape", [h, back])
+    h = b.bn(b.conv(h, c, c, groups=c), c)
+    h = b.relu(b.conv(h, c, c, k=1, pad=0, groups=groups))
+    h = b.node("GlobalAveragePool", [h])
+    h = b.node("Flatten", [h])
+    h = b.node("Softmax", [b.gemm(h, c, 5)], axis=1)
+    path = save(b.model(h, 5), tmp_path / "shuffle.onnx")
+    g = import_graph(path)
+    kinds = {type(m).__name__ for gate in g.gates for m in gate.expr.maps.values()}
+    assert "Sparse" not in kinds, kinds
+    x = structured_inputs((1, 12, 12), 160, seed=5)
+    prog = amosc.compile(path, x[:100], bits=8)
+    rep = prog.validate(path, x[100:])
+    assert rep.agreement >= 0.95 and rep.logits_max_err < 0.05, rep.render()

@@ -417,7 +417,7 @@ class _Importer:
         ok = flat >= 0
         m = sp.csr_matrix((np.ones(int(ok.sum())), (np.nonzero(ok)[0], flat[ok])),
                           shape=(flat.size, int(np.prod(e.shape))))
-        return e.apply(L.Sparse(e.shape, idx.shape, m))
+        return e.apply(L.sparse_map(e.shape, idx.shape, m))
 
     def op_Transpose(self, node, a):
         e = self.expr(node)

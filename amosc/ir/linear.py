@@ -42,7 +42,32 @@ class LinearMap:
         g = _global(self)   # a global average (pool) flattened for a classifier head stays compact
         if g is not None:
             return g.reshaped(out_shape)
-        return Sparse(self.in_shape, tuple(out_shape), self.to_sparse())
+        return sparse_map(self.in_shape, tuple(out_shape), self.to_sparse())
+
+
+def sparse_map(in_shape, out_shape, m: sp.csr_matrix) -> "LinearMap":
+    """The map of matrix ``m``: a 1x1 :class:`Conv` when it only moves (and scales) whole
+    channel planes of a (C, H, W) map (a channel shuffle, slice or gather), so that the
+    convolutions around it compose with it; else :class:`Sparse`."""
+    conv = _channel_conv(tuple(in_shape), tuple(out_shape), m)
+    return conv if conv is not None else Sparse(tuple(in_shape), tuple(out_shape), m)
+
+
+def _channel_conv(in_shape, out_shape, m) -> "Conv | None":
+    if len(in_shape) != 3 or len(out_shape) != 3 or in_shape[1:] != out_shape[1:]:
+        return None
+    co, s = out_shape[0], in_shape[1] * in_shape[2]
+    m = sp.csr_matrix(m)
+    if m.nnz != m.shape[0] or not np.all(np.diff(m.indptr) == 1):   # one entry per output
+        return None
+    cols, vals = m.indices.reshape(co, s), m.data.reshape(co, s)
+    base = cols[:, 0]
+    if (np.any(base % s) or not np.array_equal(cols, base[:, None] + np.arange(s))
+            or not np.all(vals == vals[:, :1])):
+        return None
+    w = np.zeros((co, in_shape[0], 1, 1))
+    w[np.arange(co), base // s, 0, 0] = vals[:, 0]
+    return Conv(in_shape, out_shape, w)
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,7 +171,7 @@ class Sparse(LinearMap):
         return self.m
 
     def reshaped(self, out_shape):
-        return replace(self, out_shape=tuple(out_shape))
+        return sparse_map(self.in_shape, tuple(out_shape), self.m)
 
 
 @dataclass(frozen=True, eq=False)
@@ -577,7 +602,7 @@ def compose(outer: LinearMap, inner: LinearMap) -> LinearMap:
         w = outer.w @ inner.w if isinstance(inner, Dense) else np.asarray(
             (inner.to_sparse().T @ outer.w.T).T)
         return Dense(inner.in_shape, outer.out_shape, np.asarray(w, np.float64))
-    return Sparse(inner.in_shape, outer.out_shape, (outer.to_sparse() @ inner.to_sparse()).tocsr())
+    return sparse_map(inner.in_shape, outer.out_shape, (outer.to_sparse() @ inner.to_sparse()).tocsr())
 
 
 def add_maps(a: LinearMap, b: LinearMap) -> LinearMap:
