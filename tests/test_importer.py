@@ -311,3 +311,34 @@ def test_channel_shuffle_stays_a_convolution(tmp_path, groups):
     prog = amosc.compile(path, x[:100], bits=8)
     rep = prog.validate(path, x[100:])
     assert rep.agreement >= 0.95 and rep.logits_max_err < 0.05, rep.render()
+
+
+def test_border_normalized_average_pool_is_relayed_not_materialized(tmp_path):
+    """Inception-v2's pool branch: AveragePool(3, stride 1, pad 1, count_include_pad=0) over a
+    concatenation holding a max-pool's output, then a 1x1 conv. The border-normalized average
+    is position-dependent (a PositionScaled map); on a non-negative input it is held by an
+    'avgpool' relay gate (and the max-pool taps by an input relay), so the 1x1 conv reads a
+    gate by a convolution instead of a sparse matrix of C_in * 9 synapses per output."""
+    from amosc.compiler.pipeline import import_graph
+    from amosc.ir import linear as L
+    b = GraphBuilder((1, 12, 12), seed=12)
+    h = b.relu(b.conv("x", 1, 4))
+    m = b.node("MaxPool", [h], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])
+    cat = b.node("Concat", [b.relu(b.conv(h, 4, 4)), m], axis=1)
+    p = b.node("AveragePool", [cat], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], count_include_pad=0)
+    h = b.relu(b.bn(b.conv(p, 8, 6, k=1, pad=0), 6))
+    h = b.node("GlobalAveragePool", [h])
+    h = b.node("Softmax", [b.gemm(b.node("Flatten", [h]), 6, 5)], axis=1)
+    path = save(b.model(h, 5), tmp_path / "incv2.onnx")
+    g = import_graph(path)
+    labels = [gate.activation for gate in g.gates]
+    assert "avgpool" in labels and "relay" in labels, labels
+    relay = next(gate for gate in g.gates if gate.activation == "avgpool")
+    assert all(isinstance(v, L.PositionScaled) for v in relay.expr.maps.values())
+    for gate in g.gates:
+        if gate is not relay:
+            assert not any(isinstance(v, (L.Sparse, L.PositionScaled)) for v in gate.expr.maps.values()), gate.name
+    x = structured_inputs((1, 12, 12), 160, seed=6)
+    prog = amosc.compile(path, x[:100], bits=8)
+    rep = prog.validate(path, x[100:])
+    assert rep.agreement >= 0.95 and rep.logits_max_err < 0.05, rep.render()

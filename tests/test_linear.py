@@ -211,3 +211,25 @@ def test_nested_and_added_parts():
     np.testing.assert_allclose(e.apply(x)[:, 6:9], a.apply(x))
     s = L.add_maps(L.embed(a, 0, 6), L.embed(a, 3, 6))   # concat(x, x): both parts from one source
     np.testing.assert_allclose(s.apply(x), np.concatenate([a.apply(x)] * 2, axis=1), atol=1e-12)
+
+
+def test_position_scaled_maps_compose_compactly_and_exactly():
+    """A per-position factor over a conv stays outside the convolutions around it: a map
+    before it composes into its conv, a channel scale or a 1x1 conv after it commutes."""
+    rng = np.random.default_rng(0)
+    pool = L.conv_map((4, 6, 6), np.full((4, 1, 3, 3), 1 / 9), (1, 1), (1, 1, 1, 1), (1, 1), 4)
+    f = rng.uniform(1, 2.25, (6, 6))
+    ps = L.PositionScaled((4, 6, 6), (4, 6, 6), pool, f)
+    before = L.conv_map((3, 6, 6), rng.normal(size=(4, 3, 1, 1)), (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    after = L.conv_map((4, 6, 6), rng.normal(size=(5, 4, 1, 1)), (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    scale = L.Scale((5, 6, 6), (5, 6, 6), rng.uniform(0.5, 2, 5))
+    x = rng.normal(size=(2, 3, 6, 6))
+    m = L.compose(scale, L.compose(after, L.compose(ps, before)))
+    assert isinstance(m, L.PositionScaled) and isinstance(m.conv, L.Conv)
+    want = scale.apply(after.apply(ps.apply(before.apply(x))))
+    np.testing.assert_allclose(m.apply(x), want, atol=1e-12)
+    np.testing.assert_allclose((m.to_sparse() @ x.reshape(2, -1).T).T.reshape(want.shape), want, atol=1e-12)
+    np.testing.assert_allclose(m.materialized().apply(x), want, atol=1e-12)
+    pos, neg = m.row_sums()
+    dense = m.to_sparse().toarray()
+    assert np.all(pos.ravel() >= np.maximum(dense, 0).sum(1) - 1e-12)   # a bound (borders sum fewer)

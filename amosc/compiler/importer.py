@@ -498,9 +498,21 @@ class _Importer:
             rest = (pads[0] - ct, pads[1] - cl, pads[2] - cb, pads[3] - cr)
             cnt = L.conv_map(region, np.ones((1, 1, *k)), strides, rest, (1, 1), 1).apply(
                 np.ones((1, *region)))[0, 0]
-            factor = np.broadcast_to(k[0] * k[1] / cnt, m.out_shape)
-            import scipy.sparse as sp
-            m = L.Sparse(m.in_shape, m.out_shape, sp.diags(factor.ravel()).tocsr() @ m.to_sparse())
+            # each window divided by its own size: a factor per output position
+            m = L.PositionScaled(m.in_shape, m.out_shape, m, k[0] * k[1] / cnt)
+            if float(self.value_bounds(e)[0].min()) >= 0:
+                plain = all(isinstance(v, L.Scale) or (isinstance(v, L.Embedded) and isinstance(v.inner, L.Scale))
+                            for v in e.maps.values())
+                if not plain:
+                    # the padded pool of a map that is not a gate's values (e.g. a max-pool's
+                    # taps) composes into no convolution: relay the input first, exactly (>= 0)
+                    e = self.gate(node, e, "relay", pre_tensor="", tensor="", suffix="in")
+                # a convolution reading a position-dependent map is no convolution: lowered,
+                # it would be a sparse matrix of C_in * k^2 synapses per output (130 M for one
+                # Inception-v2 pool projection). The input is non-negative (range analysis), so
+                # a relay gate holds the average exactly as a ReLU of it (its K-bit code adds
+                # one quantization) and the consumer reads the gate by a convolution.
+                return self.gate(node, e.apply(m), "avgpool", pre_tensor="")
         return e.apply(m)
 
     def op_AveragePool(self, node, a):

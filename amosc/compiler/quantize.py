@@ -207,7 +207,7 @@ def lower(fg: TensorGraph, alphas: dict, input_range: tuple, opts: Options) -> P
             if zero_point.get(src, 0.0):
                 bias += m.apply(np.full((1, *m.in_shape), zero_point[src]))[0]
             on_codes[src] = L.compose(m, L.Scale(m.in_shape, m.in_shape, step[src]))
-            if isinstance(on_codes[src], L.Embedded):   # one part of a concatenation: a full synapse set
+            if isinstance(on_codes[src], (L.Embedded, L.PositionScaled)):   # a kind the projections lack
                 on_codes[src] = on_codes[src].materialized()
             p, n = on_codes[src].row_sums()
             hi_ += p * code_of[src].max_code

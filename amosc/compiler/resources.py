@@ -47,6 +47,8 @@ def map_entries(m: L.LinearMap) -> int:
     """Stored weights of a float map (a convolution's kernel once, not per position)."""
     if isinstance(m, L.Embedded):
         return map_entries(m.inner)
+    if isinstance(m, L.PositionScaled):   # lowered as a sparse matrix: a kernel per position
+        return map_synapses(m.conv)
     if isinstance(m, L.Conv):
         return int(m.w.size)
     if isinstance(m, L.Dense):
@@ -64,6 +66,8 @@ def map_synapses(m: L.LinearMap) -> int:
     """Synapses a float map deploys per source plane (a kernel at every output position)."""
     if isinstance(m, L.Embedded):
         return map_synapses(m.inner)
+    if isinstance(m, L.PositionScaled):
+        return map_synapses(m.conv)
     if isinstance(m, L.Conv):
         return int(np.count_nonzero(m.w)) * int(np.prod(m.out_shape[1:]))
     if isinstance(m, L.Dense):
@@ -90,7 +94,7 @@ def map_integer_bytes(m: L.LinearMap) -> int:
         if pout == 1:
             return int(np.prod(m.w.shape)) * pin
         return int(m.w.nnz) * pin * pout * 5
-    if isinstance(m, (L.Sparse, L.ChannelTile)) or (isinstance(m, L.Scale) and len(m.in_shape) != 3):
+    if isinstance(m, (L.Sparse, L.ChannelTile, L.PositionScaled)) or (isinstance(m, L.Scale) and len(m.in_shape) != 3):
         return map_entries(m) * 5
     return map_entries(m)
 

@@ -306,6 +306,43 @@ class Embedded(LinearMap):
         return Sparse(self.in_shape, tuple(self.out_shape), self.to_sparse())
 
 
+@dataclass(frozen=True, eq=False)
+class PositionScaled(LinearMap):
+    """y[c, i, j] = f[i, j] * conv(x)[c, i, j]: a convolution whose outputs are scaled by a
+    positive factor per position, the same for every channel (an AveragePool with
+    count_include_pad=0 divides its border windows by their own sizes). Compositions that
+    keep the factor outside a convolution stay compact: a map before it composes into
+    ``conv``, and a channel scale or a 1x1 conv after it commutes with the factor."""
+    conv: Conv = None
+    f: np.ndarray = None          # (H_out, W_out), > 0
+
+    def apply(self, x):
+        return self.conv.apply(x) * self.f[None, None]
+
+    def to_sparse(self):
+        rows = np.broadcast_to(self.f[None], self.out_shape).ravel()
+        return (sp.diags(rows.astype(np.float64)).tocsr() @ self.conv.to_sparse()).tocsr()
+
+    def row_sums(self):
+        return tuple(r * self.f[None] for r in self.conv.row_sums())
+
+    def materialized(self) -> "Sparse":
+        return Sparse(self.in_shape, tuple(self.out_shape), self.to_sparse())
+
+
+def _compose_position_scaled(outer: LinearMap, inner: LinearMap) -> "LinearMap | None":
+    if isinstance(inner, PositionScaled) and len(outer.in_shape) == 3 and len(outer.out_shape) == 3:
+        if isinstance(outer, Scale) and outer.in_shape == outer.out_shape:
+            return replace(inner, conv=compose(outer, inner.conv))
+        if isinstance(outer, Conv) and _pointwise(outer) and tuple(outer.strides) == (1, 1) and not any(outer.pads):
+            return replace(inner, out_shape=tuple(outer.out_shape), conv=compose(outer, inner.conv))
+    if isinstance(outer, PositionScaled):
+        got = compose(outer.conv, inner)
+        if isinstance(got, Conv):
+            return replace(outer, in_shape=tuple(inner.in_shape), conv=got)
+    return None
+
+
 def embed(m: LinearMap, offset: int, channels: int) -> Embedded:
     """``m`` placed at channel ``offset`` of ``channels`` (nested embeddings flattened)."""
     if isinstance(m, Embedded):
@@ -329,6 +366,8 @@ def _slice_inputs(outer: LinearMap, part: slice, in_shape) -> "LinearMap | None"
         return Sparse(in_shape, tuple(outer.out_shape), outer.m.tocsc()[:, cols].tocsr())
     if isinstance(outer, GlobalDense):
         return GlobalDense(in_shape, tuple(outer.out_shape), outer.w[:, part])
+    if isinstance(outer, PositionScaled):
+        return replace(outer, in_shape=in_shape, conv=_slice_inputs(outer.conv, part, in_shape))
     return None
 
 
@@ -542,6 +581,13 @@ def compose(outer: LinearMap, inner: LinearMap) -> LinearMap:
         return got
     if isinstance(inner, Embedded):
         inner = inner.materialized()
+    got = _compose_position_scaled(outer, inner)
+    if got is not None:
+        return got
+    if isinstance(inner, PositionScaled):
+        inner = inner.materialized()
+    if isinstance(outer, PositionScaled):
+        outer = outer.materialized()
     got = _compose_global(outer, inner)
     if got is not None:
         return got

@@ -279,6 +279,8 @@ def describe_map(m: L.LinearMap) -> str:
         return f"{head} w={_fmt_shape(m.w.shape)} nnz={m.w.nnz} {_fmt_range(m.w.data)}"
     if isinstance(m, L.Embedded):
         return f"{head} channels={m.part.start}:{m.part.stop} of {describe_map(m.inner)}"
+    if isinstance(m, L.PositionScaled):
+        return f"{head} f={_fmt_shape(m.f.shape)} {_fmt_range(m.f)} of {describe_map(m.conv)}"
     return head
 
 
