@@ -342,3 +342,35 @@ def test_border_normalized_average_pool_is_relayed_not_materialized(tmp_path):
     prog = amosc.compile(path, x[:100], bits=8)
     rep = prog.validate(path, x[100:])
     assert rep.agreement >= 0.95 and rep.logits_max_err < 0.05, rep.render()
+
+
+def test_a_wide_dense_layer_after_a_max_pool_reads_an_exact_relay(tmp_path, monkeypatch):
+    """VGG: Flatten of a max-pool then Gemm. Composed with the pool's taps, the Gemm would
+    store a weight for every pre-pool value (4x, gigabytes for VGG-19); above a size limit the
+    importer relays the pooled codes through a gate on the source's step (alpha_from), which is
+    exact, so the compiled program still equals the integer semantics and agrees with
+    onnxruntime. The limit is lowered here to make a small model take that path."""
+    from amosc.compiler import importer
+    from amosc.compiler.pipeline import import_graph
+    from test_semantics import assert_levels_equal
+    b = GraphBuilder((1, 12, 12), seed=13)
+    h = b.relu(b.conv("x", 1, 6))
+    h = b.node("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])
+    h = b.node("Softmax", [b.gemm(b.node("Flatten", [h]), 6 * 36, 5)], axis=1)
+    path = save(b.model(h, 5), tmp_path / "vggish.onnx")
+    assert not any(g.activation == "relay" for g in import_graph(path).gates)
+    monkeypatch.setattr(importer._Importer, "RELAY_DENSE_WEIGHTS", 0)
+    g = import_graph(path)
+    relay = [gate for gate in g.gates if gate.activation == "relay"]
+    assert len(relay) == 1 and relay[0].alpha_from == g.gates[0].name and relay[0].shape == (216,)
+    x = structured_inputs((1, 12, 12), 160, seed=7)
+    prog = amosc.compile(path, x[:100], bits=6)
+    relay_pop = prog.pop(relay[0].name)
+    src_pop = prog.pop(g.gates[0].name)
+    np.testing.assert_array_equal(relay_pop.scale, np.repeat(src_pop.scale, 36))
+    ev, _ = assert_levels_equal(prog, x[100:108])
+    src = ev[src_pop.name]                                   # (N, 6, 12, 12) codes of the ReLU
+    pooled = src.reshape(8, 6, 6, 2, 6, 2).max(axis=(3, 5)).reshape(8, -1)
+    np.testing.assert_array_equal(ev[relay_pop.name], pooled)   # the relay is the exact max
+    rep = prog.validate(path, x[100:])
+    assert rep.agreement >= 0.95, rep.render()

@@ -273,14 +273,40 @@ class _Importer:
         c = self.const(node, 2, "bias C")
         m = L.Dense(e.shape, (w.shape[0],), w)
         extra = None if c is None else self.per_sample(node, np.asarray(c) * a.get("beta", 1.0), (w.shape[0],))
-        return e.apply(m, extra)
+        return self._dense_operand(node, e, w.shape[0]).apply(m, extra)
+
+    #: a dense layer composed with its input's maps may store at most this many weights more
+    #: than it reads values before its input is relayed (see _dense_operand)
+    RELAY_DENSE_WEIGHTS = 1 << 24
+
+    def _dense_operand(self, node, e: Expr, fout: int) -> Expr:
+        """``e``, or a relay gate holding it when a dense layer of ``fout`` outputs composed with
+        e's maps would store a weight for every value of a much larger source (VGG's flattened
+        max-pool: its taps read the whole pre-pool map, so Gemm∘taps is 4x the Gemm, 3 GB in
+        float64 for VGG-19). Only for non-negative e (range analysis), which a ReLU relay holds
+        up to its quantization; a max-pool of one ReLU gate's codes (integer combinations of
+        codes of one step) is relayed on that gate's step (``alpha_from``), exactly."""
+        size = int(np.prod(e.shape))
+        extra = sum(fout * (int(np.prod(m.in_shape)) - size) for m in e.maps.values()
+                    if not isinstance(m, (L.Scale, L.GlobalDense, L.Dense)))
+        if extra <= self.RELAY_DENSE_WEIGHTS or float(self.value_bounds(e)[0].min()) < 0:
+            return e
+        roots = {(self.gates[s].alpha_from or s) if s in self.gates else s for s in e.maps}
+        root = roots.pop() if len(roots) == 1 else None
+        weights = {L.Conv: lambda m: m.w, L.Scale: lambda m: m.s, L.Sparse: lambda m: m.m.data}
+        integer = all(type(m) in weights and np.array_equal(weights[type(m)](m), np.round(weights[type(m)](m)))
+                      for m in e.maps.values())
+        exact = (integer and root in self.gates and self.gates[root].fn is None
+                 and self.gates[root].compartments == 1 and not np.any(e.bias))
+        return self.gate(node, e, "relay", pre_tensor="", tensor="", suffix="in",
+                         alpha_from=root if exact else None)
 
     def op_MatMul(self, node, a):
         e = self.expr(node)
         w = np.asarray(self.const(node, 1, "weight"), np.float64)
         if len(e.shape) != 1 or w.ndim != 2:
             self.fail(node, f"MatMul supports flat (F,) activations times a 2-D weight; got {e.shape} @ {w.shape}")
-        return e.apply(L.Dense(e.shape, (w.shape[1],), w.T.copy()))
+        return self._dense_operand(node, e, w.shape[1]).apply(L.Dense(e.shape, (w.shape[1],), w.T.copy()))
 
     def _binary(self, node, sign):
         return self._combine(node, *(self.env.get(n) for n in node.input[:2]), sign)

@@ -46,6 +46,16 @@ def run_passes(program: Program, passes=DEFAULT_PASSES, dump=None) -> Program:
 
 
 CALIB_BATCH = 64
+#: Bytes the float64 pre-activations and activations of one calibration batch may take: an
+#: ImageNet-size graph holds tens of millions of values per image, so its batch is smaller.
+CALIB_BATCH_BYTES = 1 << 30
+
+
+def calib_batch(fg) -> int:
+    """Images per calibration batch: CALIB_BATCH, fewer when one image's float64 values
+    (every gate's pre-activation and activation) would exceed CALIB_BATCH_BYTES per batch."""
+    per_image = 8 * sum(int(np.prod(g.expr.shape)) + int(np.prod(g.shape)) for g in fg.gates)
+    return int(max(1, min(CALIB_BATCH, CALIB_BATCH_BYTES // max(per_image, 1))))
 
 
 def import_graph(model_path, maxpool: str = "tree", dump=None):
@@ -77,9 +87,10 @@ def calibrate(fg, calib: np.ndarray, opts: Options, precisions=None):
     samples: dict[str, list] = {g.name: [] for g in fg.gates}
     peak = {g.name: -np.inf for g in fg.gates}
     stats = NormStats(fg.first_norm)
-    for i in progress(range(0, n, CALIB_BATCH), desc="calibrating", total=-(-n // CALIB_BATCH)):
+    batch = calib_batch(fg)
+    for i in progress(range(0, n, batch), desc="calibrating", total=-(-n // batch)):
         pre: dict = {}
-        vals = float_eval(fg, calib[i:i + CALIB_BATCH].astype(np.float64), pre_values=pre)
+        vals = float_eval(fg, calib[i:i + batch].astype(np.float64), pre_values=pre)
         stats.add(vals)
         for g in fg.gates:
             s = stride[g.name]  # pooled pre-activations: the range of the max
@@ -226,7 +237,7 @@ def prepare(model_path, calib, opts: Options, limits: Limits, calib_name: str = 
     fg = import_graph(model_path, opts.maxpool, dump)
     raw, calib = calib, check_input_array(calib, fg.input_shape, "calibration data", calib_name)
     check_raw_calibration(raw, calib_name)
-    est = resources.estimate(fg, opts.bits, opts.weight_bits, calib.shape[0], CALIB_BATCH)
+    est = resources.estimate(fg, opts.bits, opts.weight_bits, calib.shape[0], calib_batch(fg))
     resources.check(est, limits, "fitted units counted as one K-bit unit per element")
     return fg, calib
 
@@ -240,7 +251,7 @@ def build(fg, n_calib: int, calibration: tuple, opts: Options, limits: Limits, d
     def expand_fitted(g):
         return expand(g, ranges, opts.bits, balance, opts.fit_tolerance)
     fg = run_tensor_passes(fg, [expand_fitted], dump)
-    est = resources.estimate(fg, opts.bits, opts.weight_bits, n_calib, CALIB_BATCH)
+    est = resources.estimate(fg, opts.bits, opts.weight_bits, n_calib, calib_batch(fg))
     resources.check(est, limits, "fitted units expanded into their segments")
     program = lower(fg, alphas, in_range, opts)
     if dump:

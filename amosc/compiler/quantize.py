@@ -307,6 +307,9 @@ def lower(fg: TensorGraph, alphas: dict, input_range: tuple, opts: Options) -> P
         if src is not None and src in step and code_of[src].bits == bits:
             # a max unit on a ReLU gate's codes: same step, so relu(a - b) is exact
             out_step, exact = np.asarray(step[src], np.float64).copy(), True
+            if out_step.size != gs.shape[0] and gs.shape[0] % out_step.size == 0:
+                # a relay of the flattened codes (C * H * W,): element i has channel i // (H * W)
+                out_step = np.repeat(out_step, gs.shape[0] // out_step.size)
         elif gs.fixed_alpha is not None:
             out_step, exact = np.asarray(gs.fixed_alpha, np.float64) / (2**bits - 1), True
         else:
