@@ -147,7 +147,8 @@ def main(debug):
               help="Integer class labels (.npy, N) of --val-input, for --max-drop.")
 @click.option("--dump-after", "dump_after", multiple=True, metavar="PASS",
               help="Print the IR after PASS (repeatable; 'all': after every pass) to stderr, or into --dump-dir. "
-                   "Passes: import, drop_dead_gates, expand_fitted (tensor IR); lower, fold_constant_populations, "
+                   "Passes: import, drop_dead_gates, relay_input (only when a fitted unit's input does not fit the "
+                   "accumulator), expand_fitted (tensor IR); lower, fold_constant_populations, "
                    "drop_dead_populations, schedule_asap, choose_structures (with a budget) (integer IR, in the text "
                    "form `amosc assemble` reads).")
 @click.option("--dump-dir", type=click.Path(file_okay=False),
@@ -162,7 +163,7 @@ def compile(model, calib, output, bits, calibration, percentile, rounding, granu
     from .compiler.pipeline import compile_model
     from .compiler.quantize import Options
     from .compiler.resources import Limits
-    from .errors import CalibrationWarning
+    from .errors import CalibrationWarning, PrecisionWarning
     from .fileio import check_output
     from .ir.text import describe
 
@@ -186,6 +187,7 @@ def compile(model, calib, output, bits, calibration, percentile, rounding, granu
         validation = (xv, load_labels(labels, len(xv))[:len(xv)])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CalibrationWarning)
+        warnings.simplefilter("always", PrecisionWarning)
         try:
             program = compile_model(model, x, opts, limits=limits, strict=strict, calib_name=calib, dump=dump,
                                     latency_budget=latency_budget, neuron_budget=neuron_budget,
@@ -193,7 +195,7 @@ def compile(model, calib, output, bits, calibration, percentile, rounding, granu
                                     log=lambda line: click.echo(line, err=True))
         finally:
             for w in caught:
-                if issubclass(w.category, CalibrationWarning):
+                if issubclass(w.category, (CalibrationWarning, PrecisionWarning)):
                     click.echo(f"warning: {w.message}", err=True)
                 else:
                     warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -19,7 +19,12 @@ class CalibrationError(AmoscError):
 
 
 class RangeError(AmoscError):
-    """A layer cannot be represented in the integer ranges of the target."""
+    """A layer cannot be represented in the integer ranges of the target (``layer``: its
+    population's name, when one layer is at fault)."""
+
+    def __init__(self, message: str = "", layer: str | None = None):
+        super().__init__(message)
+        self.layer = layer
 
 
 class IRError(AmoscError):
@@ -40,3 +45,8 @@ class ResourceError(AmoscError):
 
 class CalibrationWarning(UserWarning):
     """The calibration data looks wrong for the model (the program may be useless)."""
+
+
+class PrecisionWarning(UserWarning):
+    """The compiler gave a layer less precision than requested (e.g. a fitted unit whose
+    worst-case input does not fit the accumulator at the requested K)."""

@@ -322,7 +322,8 @@ def test_dump_after(files):
     assert r.exit_code == 0, r.output
     assert "IR after" not in r.stderr
     files_ = sorted(os.listdir(d / "dumps"))
-    assert [f.split("-", 1)[1].rsplit(".", 1)[0] for f in files_] == list(PASS_NAMES)
+    # every pass but relay_input, which runs only for a fitted unit whose input does not fit
+    assert [f.split("-", 1)[1].rsplit(".", 1)[0] for f in files_] == [p for p in PASS_NAMES if p != "relay_input"]
     assert asm.equal(asm.parses((d / "dumps" / files_[-1]).read_text()), amosc.load(d / "m4.amos"))
     for f in files_:
         text = (d / "dumps" / f).read_text()

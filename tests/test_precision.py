@@ -14,7 +14,7 @@ from amosc.ir.nodes import GatePop
 from amosc.compiler.cost import static_cost
 from amosc.compiler.pipeline import import_graph
 from conftest import structured_inputs
-from onnx_builders import save, small_cnn
+from onnx_builders import GraphBuilder, save, small_cnn
 from test_semantics import assert_levels_equal
 
 
@@ -76,3 +76,43 @@ def test_an_impossible_budget_is_refused_before_writing(case, tmp_path):
     assert r.exit_code == 0, r.output
     prog = amosc.load(tmp_path / "m.amos")
     assert prog.latency <= 12 and min(gate_bits(prog).values()) < 5
+
+
+def _wide_tanh_model(path):
+    b = GraphBuilder((1, 12, 12), seed=21)
+    h = b.node("Flatten", [b.relu(b.conv("x", 1, 32))])
+    h = b.node("Tanh", [b.gemm(h, 32 * 144, 8)])
+    h = b.node("Softmax", [b.gemm(h, 8, 5)], axis=1)
+    return save(b.model(h, 5), path)
+
+
+@pytest.mark.parametrize("limit", [None, 1 << 12])
+def test_a_fitted_unit_after_a_wide_layer_is_relayed_not_refused(tmp_path, monkeypatch, limit):
+    """A fitted unit (Tanh) after a 4608-input Gemm: at K=10 its fine segment steps cannot
+    hold the layer's worst-case input in the accumulator. The compiler relays its input through
+    two ReLU gates (exact in float, one quantization) and, where that is not enough (here forced
+    by a smaller accumulator limit), fits that layer alone at a lower K, with a PrecisionWarning
+    naming the layer; the program stays spike-exact and accurate."""
+    import warnings
+    from amosc.compiler import quantize
+    from amosc.errors import PrecisionWarning
+    path = _wide_tanh_model(tmp_path / "wide.onnx")
+    if limit:
+        monkeypatch.setattr(quantize, "ACC_LIMIT", limit)
+    x = structured_inputs((1, 12, 12), 160, seed=8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prog = compile_model(path, x[:100], bits=10)
+    notes = [str(w.message) for w in caught if w.category is PrecisionWarning]
+    assert len(notes) == 1 and "Tanh" in notes[0] and "relayed" in notes[0], notes
+    names = {p.name for p in prog.populations}
+    tanh = next(p for p in prog.populations if isinstance(p, GatePop) and p.activation == "tanh")
+    assert {tanh.name + "_relay_pos", tanh.name + "_relay_neg"} <= names
+    if limit:
+        assert "fitted at K=" in notes[0]
+        assert int(notes[0].split("fitted at K=")[1].split()[0]) < 10
+    else:
+        assert "fitted at K" not in notes[0]
+    assert_levels_equal(prog, x[100:106])
+    agree = float((predictions(prog, x[100:]) == float_predictions(path, x[100:])).mean())
+    assert agree >= 0.95, agree

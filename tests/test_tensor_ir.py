@@ -95,7 +95,7 @@ def test_dump_is_called_after_every_pass_of_both_levels(tmp_path):
     plain = amosc.compile(path, structured_inputs((1, 12, 12), 32), bits=3)
     amosc.compile(path, structured_inputs((1, 12, 12), 32), bits=3, latency_budget=plain.latency - 1,
                   dump=lambda name, ir: seen.append((name, type(ir).__name__)))
-    assert [n for n, _ in seen] == list(PASS_NAMES)
+    assert [n for n, _ in seen] == [p for p in PASS_NAMES if p != "relay_input"]   # (conditional pass)
     kinds = dict(seen)
     assert kinds["expand_fitted"] == "TensorGraph" and kinds["lower"] == "Program"
 

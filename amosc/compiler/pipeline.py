@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import __version__
-from ..errors import CalibrationError, CalibrationWarning, IRError, ModelError, RangeError
+from ..errors import CalibrationError, CalibrationWarning, IRError, ModelError, PrecisionWarning, RangeError
 from ..ir.nodes import Program
 from ..ir.semantics import max_compartments
 from ..ir.verify import verify
@@ -18,10 +18,10 @@ from .passes import DEFAULT_PASSES
 from .quantize import Options, lower
 from .resources import Limits
 from .structures import apply_plan, optimize, program_nodes
-from .tensor_passes import IMPORT_PASSES, run_tensor_passes
+from .tensor_passes import IMPORT_PASSES, relay_input as _relay_input, run_tensor_passes
 
 #: Every pass ``compile_model(dump=...)`` reports, in pipeline order (tensor IR, then integer IR).
-PASS_NAMES = ("import", *(p.__name__ for p in IMPORT_PASSES), "expand_fitted", "lower",
+PASS_NAMES = ("import", *(p.__name__ for p in IMPORT_PASSES), "relay_input", "expand_fitted", "lower",
               *(p.__name__ for p in DEFAULT_PASSES), "choose_structures")
 
 MAX_CALIB_VALUES = 4_000_000  # per tensor; larger tensors are subsampled deterministically
@@ -226,9 +226,58 @@ def choose_structures(program: Program, latency_budget=None, neuron_budget=None,
     return structured
 
 
+#: fitted gates whose input one compile may relay (see tensor_passes.relay_input)
+MAX_RELAYS = 16
+
+
 def _compile(model_path, calib, opts: Options, limits: Limits, calib_name: str, dump=None) -> Program:
     fg, calib = prepare(model_path, calib, opts, limits, calib_name, dump)
-    return build(fg, calib.shape[0], calibrate(fg, calib, opts), opts, limits, dump)
+    return build_relayed(fg, calib, opts, limits, dump)
+
+
+def build_relayed(fg, calib, opts: Options, limits: Limits, dump=None, calibration=None) -> Program:
+    """calibrate + :func:`build`; a fitted gate whose worst-case input does not fit the
+    accumulator at its K gets its input relayed through two ReLU gates
+    (:func:`~.tensor_passes.relay_input`), and the graph is calibrated and built again."""
+    import warnings
+    from dataclasses import replace as _replace
+    relayed: list = []
+    coarsened: dict = {}
+    while True:
+        fresh = calibration is None or relayed or coarsened
+        cal = calibrate(fg, calib, opts) if fresh else calibration
+        try:
+            program = build(fg, calib.shape[0], cal, opts, limits, dump)
+        except RangeError as exc:
+            gate = next((gt for gt in fg.gates if gt.name == exc.layer), None)
+            if gate is None or gate.fn is None or gate.partner is not None:
+                raise
+            if exc.layer not in relayed:
+                if len(relayed) >= MAX_RELAYS:
+                    raise
+                relayed.append(exc.layer)
+                fg = run_tensor_passes(fg, [_relay(exc.layer)], dump)
+                continue
+            bits = gate.bits or opts.bits
+            if bits <= 2:
+                raise
+            # coarser steps for this layer only: the fit at K - 1 has wider segments
+            coarsened[exc.layer] = bits - 1
+            fg = _replace(fg, gates=[_replace(gt, bits=bits - 1) if gt.name == exc.layer else gt for gt in fg.gates])
+            continue
+        for name in relayed:
+            k = coarsened.get(name, opts.bits)
+            warnings.warn(PrecisionWarning(
+                f"layer {name!r}: its worst-case input does not fit the accumulator at K={opts.bits}; its "
+                f"input is relayed through two ReLU gates (z = relu(z) - relu(-z))"
+                + (f" and it is fitted at K={k} (coarser steps for this layer only)" if k != opts.bits else "")))
+        return program
+
+
+def _relay(name):
+    def relay_input(g):
+        return _relay_input(g, name)
+    return relay_input
 
 
 def prepare(model_path, calib, opts: Options, limits: Limits, calib_name: str = "", dump=None):

@@ -246,7 +246,7 @@ def lower(fg: TensorGraph, alphas: dict, input_range: tuple, opts: Options) -> P
                 raise RangeError(
                     f"layer {name!r}: its worst-case input is {float(np.max(worst / out_step)):.4g} output "
                     f"steps; at K={K} bits that does not fit the 18-bit accumulator. Use fewer --bits "
-                    "or calibrate with 'max'.")
+                    "or calibrate with 'max'.", layer=name)
             # channels whose worst case does not fit at this theta get a coarser step
             need = np.maximum(theta * worst / (room - theta * maxcode),
                               theta * bworst / (MARGIN * BIAS_LIMIT))

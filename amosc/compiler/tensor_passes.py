@@ -50,5 +50,35 @@ def _verified(g: TensorGraph, name: str, done: list) -> None:
         raise IRError(f"tensor pass {name} (after {done}) produced an invalid graph: {exc}") from exc
 
 
+def relay_input(g: TensorGraph, name: str) -> TensorGraph:
+    """Gate ``name`` (fitted) reads its pre-activation z through two ReLU relay gates,
+    z = relu(z) - relu(-z): each relay is an ADC on z's calibrated range, whose accumulator a
+    wide fan-in always fits (a ReLU gate coarsens a channel's step instead of refusing), and
+    the fitted gate's own input becomes two codes per element, a worst case of a few of its
+    fine output steps. Used when lowering finds the fitted gate's worst-case input too large
+    for the accumulator (``pipeline.build``); costs 2K neurons per element, K steps and one
+    K-bit quantization of z."""
+    from ..ir import linear as L
+    from ..ir.tensor import Expr, Gate
+    import numpy as np
+    gates = []
+    for gate in g.gates:
+        if gate.name != name:
+            gates.append(gate)
+            continue
+        halves = []
+        for sign, suffix in ((1.0, "pos"), (-1.0, "neg")):
+            e = gate.expr if sign > 0 else gate.expr.scaled(-1.0)
+            r = Gate(f"{name}_relay_{suffix}", gate.expr.shape, Expr(e.shape, e.maps, e.bias), "relay", None,
+                     "", "", gate.node)
+            gates.append(r)
+            halves.append(r.name)
+        shape = gate.expr.shape
+        ident = L.identity(shape)
+        neg = L.Scale(shape, shape, -np.ones(shape[0]))
+        gates.append(replace(gate, expr=Expr(shape, {halves[0]: ident, halves[1]: neg}, np.zeros(shape))))
+    return replace(g, gates=gates)
+
+
 #: The tensor passes run right after import, in order.
 IMPORT_PASSES = (drop_dead_gates,)
