@@ -121,16 +121,16 @@ class Conv(LinearMap):
         cig, kh, kw = self.w.shape[1:]
         (sh, sw), (pt, pl, _, _), (dh, dw) = self.strides, self.pads, self.dilations
         og = np.arange(co) // (co // self.groups)
-        o, ci, i, j, yo, xo = np.meshgrid(np.arange(co), np.arange(cig), np.arange(kh),
-                                          np.arange(kw), np.arange(ho), np.arange(wo),
-                                          indexing="ij")
+        # only the kernel's nonzero taps (a conv made dense from a depthwise one is mostly zeros)
+        o, ci, i, j = (v[:, None, None] for v in np.nonzero(self.w))
+        yo, xo = np.arange(ho)[None, :, None], np.arange(wo)[None, None, :]
         yi = yo * sh - pt + i * dh
         xi = xo * sw - pl + j * dw
-        cin = og[o] * cig + ci
         ok = (yi >= 0) & (yi < h) & (xi >= 0) & (xi < w)
-        rows = ((o * ho + yo) * wo + xo)[ok]
-        cols = ((cin * h + yi) * w + xi)[ok]
-        vals = self.w[o, ci, i, j][ok].astype(np.float64)
+        cin = og[o] * cig + ci
+        rows = np.broadcast_to((o * ho + yo) * wo + xo, ok.shape)[ok]
+        cols = np.broadcast_to((cin * h + yi) * w + xi, ok.shape)[ok]
+        vals = np.broadcast_to(self.w[o, ci, i, j], ok.shape)[ok].astype(np.float64)
         m = sp.coo_matrix((vals, (rows, cols)), shape=(co * ho * wo, c * h * w)).tocsr()
         m.sum_duplicates()
         return m
