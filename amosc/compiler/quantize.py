@@ -92,8 +92,8 @@ def _mantissas(m: L.LinearMap):
         if filled.any():
             row_peak[filled] = np.maximum.reduceat(np.abs(vals), m.m.indptr[:-1][filled])
         peak = row_peak.reshape(cout, -1).max(axis=1)
-    if not isinstance(m, L.Sparse):
-        peak = np.abs(rows).max(axis=1) if rows.size else np.zeros(cout)
+    if not isinstance(m, L.Sparse):   # max |w| per channel without an |rows| copy
+        peak = np.maximum(rows.max(axis=1), -rows.min(axis=1)) if rows.size else np.zeros(cout)
     if not peak.size or peak.max() == 0.0:
         return None
     e = np.ceil(np.log2(np.maximum(peak, 1e-300) / 127.49)).astype(np.int64)
@@ -104,16 +104,31 @@ def _mantissas(m: L.LinearMap):
         q.data = np.clip(np.rint(vals / 2.0 ** e[ch]), -128, 127)
         return q, e
     scale = (2.0 ** e).reshape((-1,) + (1,) * (vals.ndim - 1))
-    return np.clip(np.rint(vals / scale), -128, 127).astype(np.int8), e
+    q = np.empty(vals.shape, np.int8)
+    step = max(1, (1 << 22) // max(int(np.prod(vals.shape[1:])), 1))   # by blocks of output rows: a
+    for a in range(0, vals.shape[0], step):                           # VGG head is 0.8 GB of float64
+        t = vals[a:a + step] / scale[a:a + step]
+        np.rint(t, out=t)
+        q[a:a + step] = np.clip(t, -128, 127, out=t)
+    return q, e
 
 
-def _residual(m: L.LinearMap, pr: Projection) -> L.LinearMap:
-    """m minus what projection ``pr`` represents (for a second, finer mantissa set)."""
+def _residual(m: L.LinearMap, pr: Projection, inplace: bool = False) -> L.LinearMap:
+    """m minus what projection ``pr`` represents (for a second, finer mantissa set);
+    ``inplace``: a dense m is not used again, so its matrix may hold the residual."""
     e = pr.exp.astype(np.float64)
+    if inplace and isinstance(m, L.Dense):
+        step = max(1, (1 << 22) // max(m.w.shape[1], 1))
+        for a in range(0, m.w.shape[0], step):
+            m.w[a:a + step] -= pr.weight[a:a + step] * (2.0 ** e[a:a + step]).reshape(-1, 1)
+        return m
     if isinstance(m, L.Conv):
         return replace(m, w=m.w - pr.weight * 2.0 ** e.reshape(-1, 1, 1, 1))
     if isinstance(m, L.Dense):
-        return replace(m, w=m.w - pr.weight * 2.0 ** e.reshape(-1, 1))
+        r = pr.weight.astype(np.float64)
+        r *= 2.0 ** e.reshape(-1, 1)
+        np.subtract(m.w, r, out=r)
+        return replace(m, w=r)
     if isinstance(m, L.Scale):
         q = pr.weight.reshape(-1) if pr.kind == "conv" else pr.weight.diagonal()
         return replace(m, s=m.s - q.astype(np.float64) * 2.0 ** e)
@@ -265,7 +280,11 @@ def lower(fg: TensorGraph, alphas: dict, input_range: tuple, opts: Options) -> P
                 if pr is not None:
                     ps.append(pr)
                     if opts.weight_bits == 16:  # a second synapse set carries the rounding residue
-                        lo_ = _projection(f"{src}->{name}#lo", src, name, _residual(scaled, pr))
+                        fresh = isinstance(scaled, L.Dense) and scaled.w is not getattr(m, "w", None)
+                        res = _residual(scaled, pr, inplace=fresh)   # a fresh matrix may hold it
+                        del scaled
+                        lo_ = _projection(f"{src}->{name}#lo", src, name, res)
+                        del res
                         if lo_ is not None:
                             ps.append(lo_)
             excess = max([max_plane_shift(pr, code_of[pr.source]) - MAX_WEIGHT_SHIFT for pr in ps] + [0])

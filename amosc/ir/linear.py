@@ -152,9 +152,14 @@ class Dense(LinearMap):
     def to_sparse(self):
         return sp.csr_matrix(self.w)
 
-    def row_sums(self):
-        return (np.maximum(self.w, 0).sum(1).reshape(self.out_shape),
-                np.minimum(self.w, 0).sum(1).reshape(self.out_shape))
+    def row_sums(self):   # by blocks of rows: no copy of a large matrix
+        pos, neg = np.empty(self.w.shape[0]), np.empty(self.w.shape[0])
+        step = max(1, (1 << 22) // max(self.w.shape[1], 1))
+        for a in range(0, self.w.shape[0], step):
+            b = self.w[a:a + step]
+            pos[a:a + step] = np.maximum(b, 0).sum(1)
+            neg[a:a + step] = np.minimum(b, 0).sum(1)
+        return pos.reshape(self.out_shape), neg.reshape(self.out_shape)
 
     def reshaped(self, out_shape):
         return replace(self, out_shape=tuple(out_shape))
