@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import amosc  # noqa: E402
 from amosc.backends.reference import simulate  # noqa: E402
+from amosc.errors import AmoscError  # noqa: E402
 from amosc.ir.semantics import evaluate  # noqa: E402
 from amosc.ir.text import unit_count  # noqa: E402
 from architectures import DATA, models  # noqa: E402
@@ -154,6 +155,9 @@ def table(rows, bits, n, ref_n, batch) -> list:
              "| level 1 / ort | reference / level 1 | RSS ort / level 1 / reference (MiB) | readouts equal |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if "refused" in r:
+            lines.append(f"| {r['model']} | - | - | - | - | - | - | - | refused: {r['refused']} |")
+            continue
         a, b = r["level1"] / r["ort"], r["reference"] / r["level1"]
         ok_a = "" if a >= LEVEL1_VS_ORT else " (short)"
         ok_b = "" if b >= REFERENCE_VS_LEVEL1 else " (short)"
@@ -184,7 +188,12 @@ def main(argv=None):
     for name, path in models():
         if a.only and name not in a.only.split(","):
             continue
-        r = measure(name, path, calib, x, a.bits, a.batch, a.cache, ref_n)
+        try:
+            r = measure(name, path, calib, x, a.bits, a.batch, a.cache, ref_n)
+        except AmoscError as exc:   # a refusal is a row of the table, not the end of the run
+            rows.append(dict(model=name, refused=" ".join(str(exc).split()).replace("|", "/")))
+            print(f"{name:13s} refused: {exc}", flush=True)
+            continue
         rows.append(r)
         print(f"{name:13s} ort {r['ort']:8.0f}/s  level1 {r['level1']:7.1f}/s  reference {r['reference']:7.1f}/s  "
               f"level1/ort {r['level1'] / r['ort']:.3f}  reference/level1 {r['reference'] / r['level1']:.2f}  "

@@ -449,7 +449,7 @@ def run_onnx(sess, x: np.ndarray, dynamic_batch: bool) -> np.ndarray:
 # ----------------------------------------------------------------------------- main
 
 def make_one(name, spec, data, test_x, test_y, args):
-    import torch
+    import torch  # noqa: F401  (fails early, with a clear message, when the dev extra is missing)
 
     make_example.seed_everything(args.seed)
     model = spec["build"]()

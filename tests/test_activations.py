@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 import pytest
-from onnx import helper
 
 import amosc
 from amosc.compiler.activations import ScalarFn, fit, fit_layer
@@ -18,7 +17,7 @@ from amosc.compiler.pipeline import import_graph
 from amosc.ir.tensor import float_eval
 from amosc.ir.nodes import GatePop
 from amosc.ir.semantics import decode, decode_activation, evaluate
-from conftest import structured_inputs, uniform_inputs
+from conftest import structured_inputs
 from onnx_builders import GraphBuilder, save
 from test_semantics import assert_levels_equal
 
@@ -152,7 +151,7 @@ def test_fitted_gate_inspect_reports_fit(tmp_path):
     assert pop.shape[0] == 4 * f["segments"] and pop.code.bits == f["bits"] <= 6
     from amosc.ir.text import describe, render
     text = render(describe(program))
-    assert f"fitted sigmoid on [" in text and f"{f['segments']} segments x {f['bits']} bits" in text
+    assert "fitted sigmoid on [" in text and f"{f['segments']} segments x {f['bits']} bits" in text
     # the decoded activation follows the sigmoid within the reported error plus input quantization
     vals = evaluate(program, x)
     pre = {}

@@ -249,7 +249,6 @@ def test_dense_block_concatenations_stay_structured_and_compile(tmp_path):
     """Concatenations of pre-activations (DenseNet) keep every part's convolution as it is
     (an Embedded map), not a sparse matrix per concatenation; a (C, 1, 1) conv head is the
     classifier's output; the compiled program agrees with onnxruntime."""
-    from amosc.ir import linear as L
     from amosc.compiler.pipeline import import_graph
     from onnx_builders import dense_block_cnn
     path = save(dense_block_cnn(), tmp_path / "dense.onnx")

@@ -158,7 +158,7 @@ def test_mismatch_names_population_neuron_step_and_values(tmp_path):
     m = rep.first_mismatch
     assert (m["population"], m["neuron"], m["unit"], m["input"]) == (pop.name, 3, 1, 2)
     assert m["step"] == 2 + pop.start + 1 and m["reference"] != m["backend"]
-    assert f"neuron 3" in rep.render() and "time step" in rep.render()
+    assert "neuron 3" in rep.render() and "time step" in rep.render()
 
 
 def test_loihi_style_relays_delays_beyond_63_steps(tmp_path):
