@@ -116,3 +116,17 @@ def test_a_fitted_unit_after_a_wide_layer_is_relayed_not_refused(tmp_path, monke
     assert_levels_equal(prog, x[100:106])
     agree = float((predictions(prog, x[100:]) == float_predictions(path, x[100:])).mean())
     assert agree >= 0.95, agree
+
+
+def test_max_drop_keeps_the_relays_a_fitted_unit_needs(tmp_path):
+    """--max-drop starts from the uniform program as compile builds it, relays included, so a
+    model whose fitted unit needs an input relay is not refused by the precision search."""
+    import warnings
+    path = _wide_tanh_model(tmp_path / "wide.onnx")
+    x = structured_inputs((1, 12, 12), 220, seed=8)
+    labels = float_predictions(path, x[100:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = compile_model(path, x[:100], bits=10, max_drop=100.0, validation=(x[100:], labels))
+    assert any(p.name.endswith("_relay_pos") for p in prog.populations)
+    assert static_cost(prog).neurons < static_cost(compile_model(path, x[:100], bits=10)).neurons

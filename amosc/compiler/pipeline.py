@@ -239,6 +239,12 @@ def build_relayed(fg, calib, opts: Options, limits: Limits, dump=None, calibrati
     """calibrate + :func:`build`; a fitted gate whose worst-case input does not fit the
     accumulator at its K gets its input relayed through two ReLU gates
     (:func:`~.tensor_passes.relay_input`), and the graph is calibrated and built again."""
+    return relayed_build(fg, calib, opts, limits, dump, calibration)[0]
+
+
+def relayed_build(fg, calib, opts: Options, limits: Limits, dump=None, calibration=None):
+    """:func:`build_relayed`, returning (program, the tensor graph it was built from: with the
+    relay gates and coarsened fitted units it needed)."""
     import warnings
     from dataclasses import replace as _replace
     relayed: list = []
@@ -271,7 +277,7 @@ def build_relayed(fg, calib, opts: Options, limits: Limits, dump=None, calibrati
                 f"layer {name!r}: its worst-case input does not fit the accumulator at K={opts.bits}; its "
                 f"input is relayed through two ReLU gates (z = relu(z) - relu(-z))"
                 + (f" and it is fitted at K={k} (coarser steps for this layer only)" if k != opts.bits else "")))
-        return program
+        return program, fg
 
 
 def _relay(name):

@@ -134,7 +134,7 @@ def choose_precision(model_path, calib, x_val, labels, max_drop: float, opts, *,
     :func:`~.pipeline.compile_model`, for the chosen program's passes. Raises
     ModelError when even uniform K loses more than ``max_drop``."""
     from .calibrate import check_input_array
-    from .pipeline import build, calibrate, prepare
+    from .pipeline import build, calibrate, prepare, relayed_build
     from .resources import Limits
     if not max_drop >= 0:
         raise ModelError(f"--max-drop must be >= 0 accuracy points, got {max_drop}")
@@ -148,6 +148,8 @@ def choose_precision(model_path, calib, x_val, labels, max_drop: float, opts, *,
     fg, calib = prepare(model_path, calib, opts, limits, calib_name, dump)
     x_val = check_input_array(x_val, fg.input_shape, "validation input")
     float_acc = float((float_predictions(model_path, x_val) == labels).mean())
+    # the uniform program first: the relays (and coarsened fitted units) it needs stay in the graph
+    _, fg = relayed_build(fg, calib, opts, limits)
     leader = precision_groups(fg)
     groups = list(dict.fromkeys(leader.values()))
     ks = candidate_bits(K, lowest)
