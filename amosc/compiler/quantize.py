@@ -316,9 +316,11 @@ def lower(fg: TensorGraph, alphas: dict, input_range: tuple, opts: Options) -> P
                     theta = mantissa_floor(max(1, int(theta * 0.9)))
                 elif not gate:
                     coarser *= 1.1
+                elif not exact:   # theta is 1: a coarser output step (an ADC's range) instead
+                    out_step = np.asarray(out_step, np.float64) * 1.1
                 else:
                     raise
-        raise RangeError(f"layer {name!r}: no accumulator scale satisfies the 18-bit range")
+        raise RangeError(f"layer {name!r}: no accumulator scale satisfies the 18-bit range", layer=name)
 
     for gs in fg.gates:
         bits = gs.bits or K
