@@ -21,7 +21,6 @@ import numpy as np
 
 from ..errors import AmoscError, ResourceError
 from ..ir.nodes import GatePop
-from ..ir.semantics import decode, evaluate
 from . import cost
 from .hardware import profile
 from .structures import apply_plan, optimize, program_nodes, structure_name
@@ -121,15 +120,10 @@ def _measure(program, x, ref_argmax, labels, hw, bits, default, batch: int = 256
         cores, chips = m.cores, m.chips
     except ResourceError as exc:
         fit = str(exc)
-    logits, spikes = [], 0.0
-    for i in range(0, len(x), batch):
-        counts: dict = {}
-        out = evaluate(program, x[i:i + batch], spike_counts=counts)[program.output]
-        logits.append(decode(program.output_pop, out))
-        spikes += float(sum(v.sum() for v in counts.values()))
-    pred = np.concatenate(logits).argmax(1)
+    from .precision import predictions
+    pred, spikes = predictions(program, x, batch, spikes=True)
     acc = float((pred == labels).mean()) if labels is not None else None
-    return Point(bits, c.latency_steps, c.neurons, c.synapses, cores, chips, spikes / len(x),
+    return Point(bits, c.latency_steps, c.neurons, c.synapses, cores, chips, spikes,
                  float((pred == ref_argmax).mean()), acc, _structures(program), default, fit=fit)
 
 
@@ -139,17 +133,10 @@ def explore(model_path, calib, x_val, labels=None, bits=(8,), target: str = "loi
     compile; ``default_bits``: the K whose SAR program is marked the default (the first of
     ``bits`` when None); ``options``: further :class:`~.pipeline.Options` fields;
     ``log(message)``: progress lines."""
-    from .calibrate import OnnxRunner, check_input_array
-    from .importer import graph_input, load_model, normalize
     from .pipeline import compile_model
+    from .precision import float_reference
     hw = profile(target)
-    model, _ = load_model(model_path)
-    model = normalize(model, str(model_path))
-    name, shape, fixed = graph_input(model, str(model_path))
-    x_val = check_input_array(x_val, tuple(shape), "validation input")
-    out_name = model.graph.output[0].name
-    ref = OnnxRunner(model, name, fixed).collect(x_val, [out_name], desc=None)[out_name]
-    ref_argmax = ref.reshape(len(x_val), -1).argmax(1)
+    ref_argmax, x_val = float_reference(model_path, x_val)
     default_bits = bits[0] if default_bits is None else default_bits
     points = []
     for k in bits:

@@ -110,6 +110,11 @@ def predictions(program, x: np.ndarray, batch: int = 256, spikes: bool = False):
 
 def float_predictions(model_path, x: np.ndarray) -> np.ndarray:
     """onnxruntime's top-1 class of every input (x checked against the model's input)."""
+    return float_reference(model_path, x)[0]
+
+
+def float_reference(model_path, x: np.ndarray):
+    """(onnxruntime's top-1 class of every input, x checked and shaped as the model's input)."""
     from .calibrate import OnnxRunner, check_input_array
     from .importer import graph_input, load_model, normalize
     model, _ = load_model(model_path)
@@ -118,7 +123,7 @@ def float_predictions(model_path, x: np.ndarray) -> np.ndarray:
     x = check_input_array(x, tuple(shape), "validation input")
     out = model.graph.output[0].name
     ref = OnnxRunner(model, name, fixed).collect(x, [out], desc=None)[out]
-    return ref.reshape(len(x), -1).argmax(1)
+    return ref.reshape(len(x), -1).argmax(1), x
 
 
 def candidate_bits(bits: int, lowest: int) -> list:
