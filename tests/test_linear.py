@@ -233,3 +233,20 @@ def test_position_scaled_maps_compose_compactly_and_exactly():
     pos, neg = m.row_sums()
     dense = m.to_sparse().toarray()
     assert np.all(pos.ravel() >= np.maximum(dense, 0).sum(1) - 1e-12)   # a bound (borders sum fewer)
+
+
+@pytest.mark.parametrize("ka,pa,da,kb,pb,db,stride,ga,gb", [
+    (3, 1, 1, 1, 0, 1, 1, 1, 1),      # Inception branches: a 3x3 and a 1x1 reading one source
+    (2, 0, 1, 5, 3, 2, 2, 1, 1),      # a strided tap and a dilated composed pool
+    (3, 1, 1, 5, 2, 1, 1, 4, 1),      # depthwise + dense
+])
+def test_sum_of_convolutions_of_other_geometry_is_one_convolution(ka, pa, da, kb, pb, db, stride, ga, gb):
+    rng = np.random.default_rng(ka * 10 + kb)
+    c, h = 4, 9
+    a = L.conv_map((c, h, h), rng.normal(size=(4, c // ga, ka, ka)), (stride,) * 2, (pa,) * 4, (da,) * 2, ga)
+    b = L.conv_map((c, h, h), rng.normal(size=(4, c // gb, kb, kb)), (stride,) * 2, (pb,) * 4, (db,) * 2, gb)
+    assert a.out_shape == b.out_shape
+    s = L.add_maps(a, b)
+    assert isinstance(s, L.Conv)
+    x = rng.normal(size=(2, c, h, h))
+    np.testing.assert_allclose(s.apply(x), a.apply(x) + b.apply(x), atol=1e-12)

@@ -233,7 +233,36 @@ class _Importer:
         pads = self._pads(node, a, e.shape[1:], (kh, kw), strides, dil)
         m = L.conv_map(e.shape, w, strides, pads, dil, a.get("group", 1))
         extra = None if b is None else np.asarray(b, np.float64)[:, None, None]
-        return e.apply(m, extra)
+        return self._apply_or_relay(node, e, m, extra)[1]
+
+    def _apply_or_relay(self, node, e: Expr, m: L.LinearMap, extra=None):
+        """(the input used, m applied to it). When m composed with e's maps is no convolution
+        (a padded conv or pool over a max-pool's taps) it would be a sparse matrix per source,
+        multiplied again by every reader (a fitted unit's segments); a relay gate holds e
+        instead (exact on a max-pool of ReLU codes), and m reads the gate."""
+        out = e.apply(m, extra)
+        sparse = lambda x: any(isinstance(v, L.Sparse) for v in x.maps.values())  # noqa: E731
+        if sparse(out) and not sparse(e) and isinstance(m, L.Conv):
+            relayed = self._relay(node, e)
+            if relayed is not None:
+                return relayed, relayed.apply(m, extra)
+        return e, out
+
+    def _relay(self, node, e: Expr):
+        """A relay gate holding the non-negative ``e`` (None when e may be negative): exact on
+        the source's step (``alpha_from``) when e is an integer combination of one ReLU gate's
+        codes (a max-pool), else one more K-bit quantization."""
+        if float(self.value_bounds(e)[0].min()) < 0:
+            return None
+        roots = {(self.gates[s].alpha_from or s) if s in self.gates else s for s in e.maps}
+        root = roots.pop() if len(roots) == 1 else None
+        weights = {L.Conv: lambda m: m.w, L.Scale: lambda m: m.s, L.Sparse: lambda m: m.m.data}
+        integer = all(type(m) in weights and np.array_equal(weights[type(m)](m), np.round(weights[type(m)](m)))
+                      for m in e.maps.values())
+        exact = (integer and root in self.gates and self.gates[root].fn is None
+                 and self.gates[root].compartments == 1 and not np.any(e.bias))
+        return self.gate(node, e, "relay", pre_tensor="", tensor="", suffix="in",
+                         alpha_from=root if exact else None)
 
     def _pads(self, node, a, hw, k, strides, dil):
         auto = _str(a.get("auto_pad", "NOTSET"))
@@ -289,17 +318,9 @@ class _Importer:
         size = int(np.prod(e.shape))
         extra = sum(fout * (int(np.prod(m.in_shape)) - size) for m in e.maps.values()
                     if not isinstance(m, (L.Scale, L.GlobalDense, L.Dense)))
-        if extra <= self.RELAY_DENSE_WEIGHTS or float(self.value_bounds(e)[0].min()) < 0:
+        if extra <= self.RELAY_DENSE_WEIGHTS:
             return e
-        roots = {(self.gates[s].alpha_from or s) if s in self.gates else s for s in e.maps}
-        root = roots.pop() if len(roots) == 1 else None
-        weights = {L.Conv: lambda m: m.w, L.Scale: lambda m: m.s, L.Sparse: lambda m: m.m.data}
-        integer = all(type(m) in weights and np.array_equal(weights[type(m)](m), np.round(weights[type(m)](m)))
-                      for m in e.maps.values())
-        exact = (integer and root in self.gates and self.gates[root].fn is None
-                 and self.gates[root].compartments == 1 and not np.any(e.bias))
-        return self.gate(node, e, "relay", pre_tensor="", tensor="", suffix="in",
-                         alpha_from=root if exact else None)
+        return self._relay(node, e) or e
 
     def op_MatMul(self, node, a):
         e = self.expr(node)
@@ -578,8 +599,9 @@ class _Importer:
         # tap t of every window: a one-hot depthwise convolution, so that it composes with the
         # source's and the consumer's maps into convolutions; padding reads 0, max-neutral
         # for x >= 0
-        terms = [e.apply(L.conv_map(e.shape, tap, strides, pads, (1, 1), e.shape[0]))
-                 for tap in _window_taps(e.shape[0], k)]
+        taps = [L.conv_map(e.shape, tap, strides, pads, (1, 1), e.shape[0]) for tap in _window_taps(e.shape[0], k)]
+        e, first = self._apply_or_relay(node, e, taps[0])
+        terms = [first] + [e.apply(t) for t in taps[1:]]
         # a tree of max(p, q) = q + relu(p - q); each relu is an exact AMOS ADC when the input
         # is a ReLU gate's code (same step, see quantize.lower)
         level = 0

@@ -673,4 +673,54 @@ def add_maps(a: LinearMap, b: LinearMap) -> LinearMap:
     if isinstance(a, Conv) and isinstance(b, Conv) and a.attrs() == b.attrs() \
             and a.w.shape == b.w.shape:
         return replace(a, w=a.w + b.w)
+    if isinstance(a, Conv) and isinstance(b, Conv):
+        got = _conv_sum(a, b)
+        if got is not None:
+            return got
     return Sparse(a.in_shape, a.out_shape, (a.to_sparse() + b.to_sparse()).tocsr())
+
+
+def _undilated(c: "Conv") -> "Conv":
+    """The same convolution with dilation 1 (zeros between the taps)."""
+    dh, dw = c.dilations
+    if (dh, dw) == (1, 1):
+        return c
+    co, ci, kh, kw = c.w.shape
+    w = np.zeros((co, ci, (kh - 1) * dh + 1, (kw - 1) * dw + 1))
+    w[:, :, ::dh, ::dw] = c.w
+    return replace(c, w=w, dilations=(1, 1))
+
+
+def _conv_sum(a: "Conv", b: "Conv") -> "Conv | None":
+    """a + b as one convolution when both have the same strides and dilations (kernels of
+    other sizes or pads, e.g. the branches of an Inception block reading one source, are
+    placed in one kernel covering both windows; the extra taps read zero padding or carry
+    zero weights), else None."""
+    if tuple(a.strides) != tuple(b.strides):
+        return None
+    if tuple(a.dilations) != tuple(b.dilations):
+        a, b = _undilated(a), _undilated(b)
+    groups = a.groups if a.groups == b.groups else 1
+    wa, wb = (c.w if c.groups == groups else dense_channels(c) for c in (a, b))
+    starts, sizes, new_pads = [], [], [[0, 0], [0, 0]]
+    for ax in (0, 1):
+        d, s = a.dilations[ax], a.strides[ax]
+        pa, pb_ = a.pads[ax], b.pads[ax]                     # top/left pads
+        if (pa - pb_) % d:
+            return None
+        lo = min(-pa, -pb_)
+        hi = max(-pa + (wa.shape[2 + ax] - 1) * d, -pb_ + (wb.shape[2 + ax] - 1) * d)
+        k = (hi - lo) // d + 1
+        n_in, n_out = a.in_shape[1 + ax], a.out_shape[1 + ax]
+        end = (n_out - 1) * s + (k - 1) * d + 1 - n_in - (-lo)
+        if end < 0:
+            return None
+        starts.append(((-pa - lo) // d, (-pb_ - lo) // d))
+        sizes.append(k)
+        new_pads[ax] = [-lo, end]
+    w = np.zeros((wa.shape[0], wa.shape[1], *sizes))
+    for wt, i in ((wa, 0), (wb, 1)):
+        y0, x0 = starts[0][i], starts[1][i]
+        w[:, :, y0:y0 + wt.shape[2], x0:x0 + wt.shape[3]] += wt
+    pads = (new_pads[0][0], new_pads[1][0], new_pads[0][1], new_pads[1][1])
+    return Conv(tuple(a.in_shape), tuple(a.out_shape), w, tuple(a.strides), pads, tuple(a.dilations), groups)
