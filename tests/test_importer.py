@@ -373,3 +373,25 @@ def test_a_wide_dense_layer_after_a_max_pool_reads_an_exact_relay(tmp_path, monk
     np.testing.assert_array_equal(ev[relay_pop.name], pooled)   # the relay is the exact max
     rep = prog.validate(path, x[100:])
     assert rep.agreement >= 0.95, rep.render()
+
+
+def test_a_dense_layer_over_a_pooled_fitted_unit_reads_a_shifted_relay(tmp_path):
+    """gelu_wide's head: a max-pool of a fitted unit (here Tanh, bounded below by -1), flattened
+    into a Gemm. Composed, the Gemm would read every segment of every pre-pool value once the
+    fitted unit is expanded (a 4.9 GB float64 matrix for gelu_wide); instead it reads a relay
+    gate holding relu(e - lo) + lo, lo from range analysis, and the program stays accurate."""
+    from amosc.compiler.pipeline import import_graph
+    b = GraphBuilder((1, 12, 12), seed=14)
+    h = b.node("Tanh", [b.conv("x", 1, 6)])
+    h = b.node("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])
+    h = b.node("Softmax", [b.gemm(b.node("Flatten", [h]), 6 * 36, 5)], axis=1)
+    path = save(b.model(h, 5), tmp_path / "tanhpool.onnx")
+    g = import_graph(path)
+    relay = [gate for gate in g.gates if gate.activation == "relay"]
+    assert len(relay) == 1 and relay[0].shape == (216,) and relay[0].alpha_from is None
+    assert np.all(relay[0].expr.bias > 0)          # e - lo with lo < 0 (tanh >= -1)
+    assert list(g.readout.maps) == [relay[0].name]  # the Gemm reads the relay only
+    x = structured_inputs((1, 12, 12), 160, seed=9)
+    prog = amosc.compile(path, x[:100], bits=8)
+    rep = prog.validate(path, x[100:])
+    assert rep.agreement >= 0.95, rep.render()

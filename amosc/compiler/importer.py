@@ -248,12 +248,16 @@ class _Importer:
                 return relayed, relayed.apply(m, extra)
         return e, out
 
-    def _relay(self, node, e: Expr):
+    def _relay(self, node, e: Expr, shifted: bool = False):
         """A relay gate holding the non-negative ``e`` (None when e may be negative): exact on
         the source's step (``alpha_from``) when e is an integer combination of one ReLU gate's
-        codes (a max-pool), else one more K-bit quantization."""
-        if float(self.value_bounds(e)[0].min()) < 0:
-            return None
+        codes (a max-pool), else one more K-bit quantization. ``shifted``: e bounded below by
+        lo < 0 (range analysis, e.g. a max-pool of GELU) is held as relu(e - lo) + lo."""
+        lo = float(self.value_bounds(e)[0].min())
+        if lo < 0:
+            if not shifted or not np.isfinite(lo):
+                return None
+            return self._relay(node, e.scaled(1.0, -lo)).scaled(1.0, lo)
         roots = {(self.gates[s].alpha_from or s) if s in self.gates else s for s in e.maps}
         root = roots.pop() if len(roots) == 1 else None
         weights = {L.Conv: lambda m: m.w, L.Scale: lambda m: m.s, L.Sparse: lambda m: m.m.data}
@@ -316,11 +320,15 @@ class _Importer:
         up to its quantization; a max-pool of one ReLU gate's codes (integer combinations of
         codes of one step) is relayed on that gate's step (``alpha_from``), exactly."""
         size = int(np.prod(e.shape))
-        extra = sum(fout * (int(np.prod(m.in_shape)) - size) for m in e.maps.values()
-                    if not isinstance(m, (L.Scale, L.GlobalDense, L.Dense)))
-        if extra <= self.RELAY_DENSE_WEIGHTS:
+        wide = [s for s, m in e.maps.items() if not isinstance(m, (L.Scale, L.GlobalDense, L.Dense))
+                and int(np.prod(m.in_shape)) > 2 * size]
+        extra = sum(fout * (int(np.prod(e.maps[s].in_shape)) - size) for s in wide)
+        # a fitted source is expanded into segments later (tens per element), and a fitted
+        # reader tiles the rows again: such a composition grows far beyond this estimate
+        fitted = any(s in self.gates and self.gates[s].fn is not None for s in wide)
+        if extra <= self.RELAY_DENSE_WEIGHTS and not fitted:
             return e
-        return self._relay(node, e) or e
+        return self._relay(node, e, shifted=True) or e
 
     def op_MatMul(self, node, a):
         e = self.expr(node)
