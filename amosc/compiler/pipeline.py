@@ -232,28 +232,22 @@ MAX_RELAYS = 16
 
 def _compile(model_path, calib, opts: Options, limits: Limits, calib_name: str, dump=None) -> Program:
     fg, calib = prepare(model_path, calib, opts, limits, calib_name, dump)
-    return build_relayed(fg, calib, opts, limits, dump)
+    return build_relayed(fg, calib, opts, limits, dump)[0]
 
 
-def build_relayed(fg, calib, opts: Options, limits: Limits, dump=None, calibration=None) -> Program:
+def build_relayed(fg, calib, opts: Options, limits: Limits, dump=None):
     """calibrate + :func:`build`; a fitted gate whose worst-case input does not fit the
     accumulator at its K gets its input relayed through two ReLU gates
-    (:func:`~.tensor_passes.relay_input`), and the graph is calibrated and built again."""
-    return relayed_build(fg, calib, opts, limits, dump, calibration)[0]
-
-
-def relayed_build(fg, calib, opts: Options, limits: Limits, dump=None, calibration=None):
-    """:func:`build_relayed`, returning (program, the tensor graph it was built from: with the
-    relay gates and coarsened fitted units it needed)."""
+    (:func:`~.tensor_passes.relay_input`) and, if that is not enough, a lower K for that gate
+    alone; the graph is calibrated and built again after each change. Returns (program, the
+    tensor graph it was built from, with those relays and coarsened gates)."""
     import warnings
     from dataclasses import replace as _replace
     relayed: list = []
     coarsened: dict = {}
     while True:
-        fresh = calibration is None or relayed or coarsened
-        cal = calibrate(fg, calib, opts) if fresh else calibration
         try:
-            program = build(fg, calib.shape[0], cal, opts, limits, dump)
+            program = build(fg, calib.shape[0], calibrate(fg, calib, opts), opts, limits, dump)
         except RangeError as exc:
             gate = next((gt for gt in fg.gates if gt.name == exc.layer), None)
             if gate is None or gate.fn is None or gate.partner is not None:

@@ -139,7 +139,7 @@ def choose_precision(model_path, calib, x_val, labels, max_drop: float, opts, *,
     :func:`~.pipeline.compile_model`, for the chosen program's passes. Raises
     ModelError when even uniform K loses more than ``max_drop``."""
     from .calibrate import check_input_array
-    from .pipeline import build, calibrate, prepare, relayed_build
+    from .pipeline import build, build_relayed, calibrate, prepare
     from .resources import Limits
     if not max_drop >= 0:
         raise ModelError(f"--max-drop must be >= 0 accuracy points, got {max_drop}")
@@ -154,7 +154,7 @@ def choose_precision(model_path, calib, x_val, labels, max_drop: float, opts, *,
     x_val = check_input_array(x_val, fg.input_shape, "validation input")
     float_acc = float((float_predictions(model_path, x_val) == labels).mean())
     # the uniform program first: the relays (and coarsened fitted units) it needs stay in the graph
-    _, fg = relayed_build(fg, calib, opts, limits)
+    uniform, fg = build_relayed(fg, calib, opts, limits)
     leader = precision_groups(fg)
     groups = list(dict.fromkeys(leader.values()))
     ks = candidate_bits(K, lowest)
@@ -171,11 +171,14 @@ def choose_precision(model_path, calib, x_val, labels, max_drop: float, opts, *,
         calibration = (*merged, cal[K][2], cal[K][3])
         return build(with_bits(fg, leader, assignment), calib.shape[0], calibration, opts, limits, dump)
 
+    def score(prog):
+        return float((predictions(prog, x_val) == labels).mean()), cost.static_cost(prog).neurons
+
     def measure(assignment: dict):
         prog = program_for(assignment)
-        return prog, float((predictions(prog, x_val) == labels).mean()), cost.static_cost(prog).neurons
+        return (prog, *score(prog))
 
-    uniform, uniform_acc, uniform_neurons = measure({})
+    uniform_acc, uniform_neurons = score(uniform)   # (program_for({}) builds the same program)
     say(f"uniform K={K}: accuracy {100 * uniform_acc:.2f}% (float {100 * float_acc:.2f}%), "
         f"{uniform_neurons} neurons")
     if 100.0 * (float_acc - uniform_acc) > max_drop:
