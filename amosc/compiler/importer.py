@@ -316,9 +316,9 @@ class _Importer:
         """``e``, or a relay gate holding it when a dense layer of ``fout`` outputs composed with
         e's maps would store a weight for every value of a much larger source (VGG's flattened
         max-pool: its taps read the whole pre-pool map, so Gemm∘taps is 4x the Gemm, 3 GB in
-        float64 for VGG-19). Only for non-negative e (range analysis), which a ReLU relay holds
-        up to its quantization; a max-pool of one ReLU gate's codes (integer combinations of
-        codes of one step) is relayed on that gate's step (``alpha_from``), exactly."""
+        float64 for VGG-19), and always when those maps read a fitted unit, whose segment
+        expansion multiplies the composition later (gelu_wide's head: 4.9 GB). See
+        :meth:`_relay` (e bounded below by the range analysis, shifted when negative)."""
         size = int(np.prod(e.shape))
         wide = [s for s, m in e.maps.items() if not isinstance(m, (L.Scale, L.GlobalDense, L.Dense))
                 and int(np.prod(m.in_shape)) > 2 * size]

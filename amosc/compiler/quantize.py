@@ -105,11 +105,10 @@ def _mantissas(m: L.LinearMap):
         return q, e
     scale = (2.0 ** e).reshape((-1,) + (1,) * (vals.ndim - 1))
     q = np.empty(vals.shape, np.int8)
-    step = max(1, (1 << 22) // max(int(np.prod(vals.shape[1:])), 1))   # by blocks of output rows: a
-    for a in range(0, vals.shape[0], step):                           # VGG head is 0.8 GB of float64
-        t = vals[a:a + step] / scale[a:a + step]
+    for r in L.row_blocks(vals.shape[0], int(np.prod(vals.shape[1:]))):   # a VGG head is 0.8 GB of float64
+        t = vals[r] / scale[r]
         np.rint(t, out=t)
-        q[a:a + step] = np.clip(t, -128, 127, out=t)
+        q[r] = np.clip(t, -128, 127, out=t)
     return q, e
 
 
@@ -118,9 +117,8 @@ def _residual(m: L.LinearMap, pr: Projection, inplace: bool = False) -> L.Linear
     ``inplace``: a dense m is not used again, so its matrix may hold the residual."""
     e = pr.exp.astype(np.float64)
     if inplace and isinstance(m, L.Dense):
-        step = max(1, (1 << 22) // max(m.w.shape[1], 1))
-        for a in range(0, m.w.shape[0], step):
-            m.w[a:a + step] -= pr.weight[a:a + step] * (2.0 ** e[a:a + step]).reshape(-1, 1)
+        for r in L.row_blocks(*m.w.shape):
+            m.w[r] -= pr.weight[r] * (2.0 ** e[r]).reshape(-1, 1)
         return m
     if isinstance(m, L.Conv):
         return replace(m, w=m.w - pr.weight * 2.0 ** e.reshape(-1, 1, 1, 1))

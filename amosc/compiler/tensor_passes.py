@@ -4,6 +4,8 @@
 broke it, like the integer-level manager in :mod:`amosc.compiler.pipeline`. The passes:
 
 - ``drop_dead_gates``: remove gates nothing reads (e.g. a Sigmoid fused into a SiLU unit);
+- ``relay_input`` (during lowering, only for a fitted gate whose input does not fit the
+  accumulator): the gate reads its pre-activation through two ReLU relay gates;
 - ``expand_fitted`` (:mod:`.expand`, after calibration): replace every fitted gate by its
   ADC segments and re-mix the inputs of balanced product square pairs.
 """
@@ -12,8 +14,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from ..errors import IRError
-from ..ir.tensor import TensorGraph, verify_graph
+from ..ir import linear as L
+from ..ir.tensor import Expr, Gate, TensorGraph, verify_graph
 
 
 def drop_dead_gates(g: TensorGraph) -> TensorGraph:
@@ -58,9 +63,6 @@ def relay_input(g: TensorGraph, name: str) -> TensorGraph:
     fine output steps. Used when lowering finds the fitted gate's worst-case input too large
     for the accumulator (``pipeline.build``); costs 2K neurons per element, K steps and one
     K-bit quantization of z."""
-    from ..ir import linear as L
-    from ..ir.tensor import Expr, Gate
-    import numpy as np
     gates = []
     for gate in g.gates:
         if gate.name != name:

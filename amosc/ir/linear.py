@@ -45,6 +45,18 @@ class LinearMap:
         return sparse_map(self.in_shape, tuple(out_shape), self.to_sparse())
 
 
+#: Elements one block of rows of a large matrix may take in a temporary (32 MiB of float64).
+BLOCK_ELEMENTS = 1 << 22
+
+
+def row_blocks(rows: int, row_size: int):
+    """Slices of ``rows`` rows of ``row_size`` elements each, BLOCK_ELEMENTS or fewer per
+    slice (at least one row): work on a large matrix block by block without whole-matrix
+    temporaries."""
+    step = max(1, BLOCK_ELEMENTS // max(int(row_size), 1))
+    return (slice(a, a + step) for a in range(0, rows, step))
+
+
 def sparse_map(in_shape, out_shape, m: sp.csr_matrix) -> "LinearMap":
     """The map of matrix ``m``: a 1x1 :class:`Conv` when it only moves (and scales) whole
     channel planes of a (C, H, W) map (a channel shuffle, slice or gather), so that the
@@ -154,11 +166,9 @@ class Dense(LinearMap):
 
     def row_sums(self):   # by blocks of rows: no copy of a large matrix
         pos, neg = np.empty(self.w.shape[0]), np.empty(self.w.shape[0])
-        step = max(1, (1 << 22) // max(self.w.shape[1], 1))
-        for a in range(0, self.w.shape[0], step):
-            b = self.w[a:a + step]
-            pos[a:a + step] = np.maximum(b, 0).sum(1)
-            neg[a:a + step] = np.minimum(b, 0).sum(1)
+        for r in row_blocks(*self.w.shape):
+            pos[r] = np.maximum(self.w[r], 0).sum(1)
+            neg[r] = np.minimum(self.w[r], 0).sum(1)
         return pos.reshape(self.out_shape), neg.reshape(self.out_shape)
 
     def reshaped(self, out_shape):
