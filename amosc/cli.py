@@ -123,6 +123,9 @@ def main(debug):
               help="MaxPool circuit: tree = exact max(p, q) = q + relu(p - q) units (any input, log2(window) layers deep); lipool = lateral-inhibition pooling, one unit per output joining one compartment per window tap by max (ReLU-family inputs only; needs max-join compartments, so not the lava-loihi backend).")
 @click.option("--fit-tolerance", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Fitted units (SiLU, GELU, sigmoid, ...): largest chord error in output steps of the K-bit grid. Smaller: more segments (neurons), fewer bits each (shallower), closer to an ideal K-bit unit.")
+@click.option("--relu-split/--no-relu-split", default=True, show_default=True,
+              help="A ReLU-like fitted unit (SiLU, GELU, softplus, ELU, hardswish) may be built as a K-bit ReLU ADC plus "
+                   "segments of the small residual f - relu, where that takes fewer neurons (docs/onnx-support.md).")
 @click.option("--max-neurons", default=None, type=click.IntRange(1), show_default="16777216",
               help="Refuse (before building it) a program with more neurons than this.")
 @click.option("--max-memory", default=None, type=_size, show_default="3/4 of this machine's memory",
@@ -155,7 +158,7 @@ def main(debug):
               help="Write each --dump-after IR to DIR/NN-PASS.air (integer IR) or DIR/NN-PASS.tir (tensor IR), "
                    "NN the pass's position in the pipeline, instead of stderr.")
 def compile(model, calib, output, bits, calibration, percentile, rounding, granularity, weight_bits,  # noqa: A001
-            maxpool, fit_tolerance, max_neurons, max_memory, strict, latency_budget, neuron_budget, max_drop,
+            maxpool, fit_tolerance, relu_split, max_neurons, max_memory, strict, latency_budget, neuron_budget, max_drop,
             val_input, labels, dump_after, dump_dir):
     """Compile an ONNX MODEL into an AMOS program (.amos)."""
     import warnings
@@ -168,7 +171,8 @@ def compile(model, calib, output, bits, calibration, percentile, rounding, granu
     from .ir.text import describe
 
     opts = Options(bits=bits, calibration=calibration, percentile=percentile, rounding=rounding,
-                   granularity=granularity, weight_bits=int(weight_bits), maxpool=maxpool, fit_tolerance=fit_tolerance)
+                   granularity=granularity, weight_bits=int(weight_bits), maxpool=maxpool, fit_tolerance=fit_tolerance,
+                   relu_split=relu_split)
     limits = Limits(**{k: v for k, v in (("max_neurons", max_neurons), ("max_memory", max_memory)) if v})
     output = output or os.path.splitext(model)[0] + ".amos"
     check_output(output, [model, calib])

@@ -175,7 +175,7 @@ def validate(program, onnx_path, x, labels=None, backend: str = "reference",
         counts: dict = {}
         vals = evaluate(program, xb, spike_counts=counts)
         for g in gates:
-            d = decode_activation(g, vals[g.name]) - ref[g.tensor]
+            d = decode_activation(g, vals[g.name], program, vals) - ref[g.tensor]
             sq_err[g.name] += float((d ** 2).sum())
             sq_ref[g.name] += float((ref[g.tensor] ** 2).sum())
         for k, c in counts.items():

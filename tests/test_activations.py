@@ -441,3 +441,67 @@ def test_average_pool_modes_match_onnxruntime(tmp_path, hw, kernel, stride, pad,
     path = save(b.model(b.gemm(h, 3, 4), 4), tmp_path / "m.onnx")
     x = structured_inputs((2, hw, hw), 20, seed=7)
     np.testing.assert_allclose(float_eval(import_model(path), x)["output"], _ort(path, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,lo,hi", [("silu", -6, 8), ("square", -2, 3), ("sigmoid", -8, 8)])
+def test_knot_values_are_unbiased_and_closer_than_chords(name, lo, hi):
+    from amosc.compiler.activations import GRID, knot_values
+    fn = ScalarFn(name)
+    x = np.linspace(lo, hi, GRID)
+    f = fn(x)
+    idx = np.linspace(0, GRID - 1, 6).round().astype(int)           # 5 segments
+    ls = np.interp(x, x[idx], knot_values(f, idx)) - f
+    chord = np.interp(x, x[idx], fn(x[idx])) - f
+    # least squares: the residual is orthogonal to the constant function (a hat basis sums
+    # to one), so its mean is zero; the chords of a convex / curved f err to one side
+    assert abs(ls.mean()) < 1e-9 * (1 + np.abs(f).max())
+    assert (ls ** 2).sum() < (chord ** 2).sum()
+    assert np.abs(ls).max() < np.abs(chord).max()
+    if name == "square":       # convex: every chord lies above
+        assert chord.min() >= -1e-12 and chord.mean() > 0
+
+
+@pytest.mark.parametrize("name,params,slope", [("silu", (), 1.0), ("gelu", (), 1.0), ("softplus", (), 1.0),
+                                               ("elu", (0.7,), 1.0), ("hardswish", (), 1.0),
+                                               ("sigmoid", (), None), ("tanh", (), None), ("square", (), None),
+                                               ("identity", (), None)])
+def test_relu_slope_finds_relu_like_functions(name, params, slope):
+    s = ScalarFn(name, params).relu_slope()
+    assert s == (None if slope is None else pytest.approx(slope, abs=1e-6))
+    gated = ScalarFn("gated", (2.0, 0.0, 0.0, 0.5, 1.0, 0.0), ScalarFn("sigmoid"))   # x * sigmoid(x)
+    assert gated.relu_slope() == pytest.approx(1.0)
+
+
+def test_relu_split_builds_a_relu_gate_and_a_smaller_residual(tmp_path):
+    path = save(_act_model("SiLU", seed=3), tmp_path / "m.onnx")
+    x = structured_inputs((1, 8, 8), 80, seed=4)
+    split = amosc.compile(path, x[:40], bits=8)
+    plain = amosc.compile(path, x[:40], bits=8, relu_split=False)
+    unit = next(p for p in split.populations if isinstance(p, GatePop) and p.fit)
+    relu = split.pop(unit.fit["relu"]["population"])
+    assert relu.activation == "relu" and relu.code.bits == 8 and relu.shape == (4, 8, 8)
+    slopes = np.asarray(unit.fit["relu"]["slope"])
+    assert unit.fit["fn"].startswith("minus_relu[") and set(slopes) <= {0.0, 1.0} and slopes.max() == 1.0
+    whole = next(p for p in plain.populations if isinstance(p, GatePop) and p.fit)
+    assert "relu" not in whole.fit and not any(p.name.endswith("_relu") for p in plain.populations)
+    from amosc.compiler.cost import static_cost
+    assert static_cost(split).neurons < static_cost(plain).neurons
+    assert unit.fit["neurons_per_element"] + 8 < whole.fit["neurons_per_element"]
+    ev, _ = assert_levels_equal(split, x[40:])
+    # the decoded unit (ReLU part + residual segments) follows SiLU like the plain unit does
+    pre = {}
+    float_eval(import_model(path), x[40:], pre_values=pre)
+    silu = pre[unit.name] / (1 + np.exp(-pre[unit.name]))
+    lo, hi = (np.asarray(v).reshape(1, -1, 1, 1) for v in zip(*unit.fit["ranges"]))
+    inside = (pre[unit.name] >= lo) & (pre[unit.name] <= hi)
+    steps = np.broadcast_to(np.asarray(unit.fit["steps"]).reshape(1, -1, 1, 1), silu.shape)
+    err = np.abs(decode_activation(unit, ev[unit.name], split, ev) - silu)
+    assert np.all(err[inside] <= 1.2 * steps[inside] + 0.02), (err[inside] / steps[inside]).max()
+    with pytest.raises(Exception, match="ReLU split needs the codes"):
+        decode_activation(unit, ev[unit.name])
+    # the split and its ReLU part survive a save / load
+    split.save(tmp_path / "m.amos")
+    again = amosc.load(tmp_path / "m.amos")
+    assert again.pop(unit.name).fit == unit.fit
+    a = evaluate(again, x[40:])
+    assert all(np.array_equal(a[k], ev[k]) for k in ev)

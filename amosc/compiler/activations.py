@@ -1,11 +1,16 @@
 """Scalar activation functions and their fitted AMOS realization.
 
 Every activation other than ReLU/Clip becomes a *segmented* AMOS unit: a
-piecewise-linear (chord) approximation of f on the calibrated input range
+continuous piecewise-linear approximation of f on the calibrated input range
 [a, b] with breakpoints a = b_0 < ... < b_S = b, realized as S clipped
 successive-approximation ADCs that all see the same input::
 
-    f(x) ~ f(a) + sum_s slope_s * clip(x - b_s, 0, b_{s+1} - b_s)
+    f(x) ~ v_0 + sum_s slope_s * clip(x - b_s, 0, b_{s+1} - b_s)
+
+The breakpoints come from a greedy chord segmentation (each chord within ``tolerance``
+steps of f); the values v_s at them are then the least-squares fit to f
+(:func:`knot_values`), which removes the one-sided bias of chords and about halves their
+max error.
 
 Each segment is an ordinary K_s-bit AMOS ReLU circuit (binary thresholds,
 resets and output weights, at most one spike per neuron), so the integer
@@ -88,7 +93,7 @@ class ScalarFn:
     inner: "ScalarFn | None" = field(default=None)
 
     def __post_init__(self):
-        if self.name != "gated" and self.name not in _BASE:
+        if self.name not in ("gated", "minus_relu") and self.name not in _BASE:
             raise ModelError(f"unknown activation function {self.name!r}")
 
     def __call__(self, x):
@@ -96,6 +101,8 @@ class ScalarFn:
         if self.name == "gated":
             a, b, alpha, beta, gamma, delta = self.params
             return (a * x + b) * (alpha + beta * self.inner(gamma * x + delta))
+        if self.name == "minus_relu":   # inner(x) - s relu(x): the residual of a ReLU split
+            return self.inner(x) - self.params[0] * np.maximum(x, 0.0)
         return _BASE[self.name](x, self.params)
 
     def bounds(self) -> tuple[float, float]:
@@ -112,15 +119,30 @@ class ScalarFn:
             out.append(sign * np.inf if moving else float(y[i]))
         return out[0], out[1]
 
+    def relu_slope(self) -> float | None:
+        """s when f(x) - s relu(x) stays bounded on the negative half and tends to a constant
+        at +inf (f is ReLU-like: SiLU, GELU, softplus, ELU, hardswish: s is the slope at
+        +inf), else None (sigmoid, tanh: s = 0; square: no finite slope)."""
+        r = np.array([1e3, 2e3, 4e3])
+        y = self(np.concatenate([r, -r]))
+        s = (y[1] - y[0]) / 1e3
+        if not np.isfinite(s) or abs(s) < 1e-9 or abs((y[2] - y[1]) / 2e3 - s) > 1e-6 * (1 + abs(s)):
+            return None
+        if abs(y[4] - y[3]) > 1e-6 * (1 + abs(y[3])) or abs(y[5] - y[4]) > 1e-6 * (1 + abs(y[4])):
+            return None   # not flat at -inf
+        return float(s)
+
     @property
     def key(self) -> str:
         args = ", ".join(f"{p:.6g}" for p in self.params)
-        if self.name == "gated":
-            return f"gated[{self.inner.key}]({args})"
+        if self.name in ("gated", "minus_relu"):
+            return f"{self.name}[{self.inner.key}]({args})"
         return f"{self.name}({args})" if args else self.name
 
     def canonical(self) -> str:
         """A readable name for reports: silu / gelu when the fused product is one."""
+        if self.name == "minus_relu":
+            return f"{self.inner.canonical()}-relu"
         if self.name == "gated":
             a, b, alpha, beta, gamma, delta = self.params
             # up to a constant factor (a later Mul by 0.5 folds into the next weights)
@@ -185,6 +207,9 @@ class LayerFit:
     segment bits: channel c's segments are rows c * S .. c * S + S - 1 of the gate."""
 
     fits: tuple  # one Fit per channel
+    #: the ReLU split's linear part (population name, slopes s (C,)): the unit is s_c times
+    #: that population's value plus these segments (of f - s_c relu), see expand.py
+    relu: tuple | None = None
 
     @property
     def segments(self) -> int:
@@ -224,7 +249,8 @@ class LayerFit:
                 "mean_err": float(np.mean([f.mean_err for f in self.fits])),
                 "step": max(f.step for f in self.fits),
                 "ranges": [[f.lo, f.hi] for f in self.fits], "steps": [f.step for f in self.fits],
-                "slopes": self.slopes.tolist(), "offset": self.offsets.tolist()}
+                "slopes": self.slopes.tolist(), "offset": self.offsets.tolist(),
+                **({"relu": {"population": self.relu[0], "slope": np.asarray(self.relu[1], float).tolist()}} if self.relu else {})}
 
 
 def fit(fn: ScalarFn, lo: float, hi: float, bits: int, tolerance: float = CHORD_TOLERANCE) -> Fit:
@@ -233,14 +259,19 @@ def fit(fn: ScalarFn, lo: float, hi: float, bits: int, tolerance: float = CHORD_
     return fit_layer(fn, [lo], [hi], bits, tolerance).fits[0]
 
 
-def fit_layer(fn: ScalarFn, los, his, bits: int, tolerance: float = CHORD_TOLERANCE) -> LayerFit:
-    """Fit ``fn`` on each channel's range [los[c], his[c]] for a K-bit output, with the
+def fit_layer(fn, los, his, bits: int, tolerance: float = CHORD_TOLERANCE, steps=None) -> LayerFit:
+    """Fit ``fn`` (a ScalarFn, or one per channel) on each channel's range [los[c], his[c]] for a K-bit output (``steps[c]``:
+    the output step the error is measured in, default the total variation of fn on the
+    range / (2^K - 1)), with the
     segment bits K_s that make the layer cheapest (S_max * K_s neurons per element) while
     every channel's max error stays within ``tolerance`` (chords) + 1/2 (rounding) steps;
     channels needing fewer segments split their largest ones (which only lowers their error)."""
     if not 0 < tolerance <= 1:
         raise ModelError(f"fit tolerance must be in (0, 1] output steps, got {tolerance}")
-    cands = [_candidates(fn, *_range_key(fn, lo, hi), int(bits), float(tolerance)) for lo, hi in zip(los, his)]
+    steps = [None] * len(los) if steps is None else [float(v) for v in steps]
+    fns = [fn] * len(los) if isinstance(fn, ScalarFn) else list(fn)
+    cands = [_candidates(g, *_range_key(g, lo, hi), int(bits), float(tolerance), st)
+             for g, lo, hi, st in zip(fns, los, his, steps)]
     options = []
     for k in range(int(bits)):
         per = [c[k] for c in cands]
@@ -248,7 +279,7 @@ def fit_layer(fn: ScalarFn, los, his, bits: int, tolerance: float = CHORD_TOLERA
         options.append((worst > tolerance + 0.55, max(f.segments for f in per) * per[0].bits, worst, k))
     _, _, _, k = min(options)  # meets the bound, then cheapest (else: most accurate)
     n = max(c[k].segments for c in cands)
-    return LayerFit(tuple(_split_to(fn, c[k], n) for c in cands))
+    return LayerFit(tuple(_split_to(g, c[k], n) for g, c in zip(fns, cands)))
 
 
 def _range_key(fn: ScalarFn, lo, hi) -> tuple:
@@ -263,14 +294,16 @@ def _range_key(fn: ScalarFn, lo, hi) -> tuple:
 
 
 @lru_cache(maxsize=4096)
-def _candidates(fn: ScalarFn, lo: float, hi: float, bits: int, tolerance: float) -> tuple:
-    """The greedy segmentation for each segment width K_s = 1 .. bits."""
+def _candidates(fn: ScalarFn, lo: float, hi: float, bits: int, tolerance: float, step=None) -> tuple:
+    """The greedy segmentation for each segment width K_s = 1 .. bits (``step``: the output
+    step, default the total variation on the range / (2^K - 1))."""
     x = np.linspace(lo, hi, GRID)
     f = fn(x)
     if not np.all(np.isfinite(f)):
         raise ModelError(f"{fn.key} is not finite on [{lo:.4g}, {hi:.4g}]")
     total = float(np.abs(np.diff(f)).sum())  # total variation on the range
-    step = max(total, 1e-12) / (2**bits - 1)
+    if step is None:
+        step = max(total, 1e-12) / (2**bits - 1)
     return tuple(_make(fn, x, f, _segments(x, f, step, k, tolerance), k, step) for k in range(1, bits + 1))
 
 

@@ -8,6 +8,16 @@ the clipped ADC of segment s of channel c (see :mod:`.activations`)::
 
 Every expression that read ``g`` now reads the segments through a
 :class:`~.linear.ChannelSum` of the slopes, plus the constants f(lo_c) in its bias.
+
+**ReLU split.** A ReLU-like f (SiLU, GELU, softplus, ELU, hardswish: f(x) - s relu(x)
+bounded, see :meth:`~.activations.ScalarFn.relu_slope`) is cheaper as
+
+    g(x) = s * relu_K(x) + segments of r(x) = f(x) - s relu(x)
+
+when that takes fewer neurons: the K-bit ADC ``relu_K`` (a gate ``<g>_relu``, range
+[0, hi_c]) carries the linear part, and the residual r (a bump of small amplitude) needs
+few segments at f's own output step. The layer takes whichever form has fewer neurons per
+element (EfficientNet fixture, SiLU layers at K=8: 128-165 -> 59-66 neurons per element).
 """
 
 from __future__ import annotations
@@ -17,15 +27,15 @@ from dataclasses import replace
 import numpy as np
 
 from ..ir import linear as L
-from .activations import CHORD_TOLERANCE, fit_layer
+from .activations import CHORD_TOLERANCE, ScalarFn, fit_layer
 from ..ir.tensor import Expr, Gate, TensorGraph
 
 
 def expand_fitted(fg: TensorGraph, ranges: dict, bits: int, balance: dict | None = None,
-                  tolerance: float = CHORD_TOLERANCE) -> TensorGraph:
+                  tolerance: float = CHORD_TOLERANCE, split: bool = True) -> TensorGraph:
     """Replace every fitted gate (``gate.fn``) by its segments (chord ``tolerance`` in output
     steps, see :func:`~.activations.fit_layer`); ``ranges[name] = (lo, hi)``,
-    two arrays (C,) of per-channel bounds. ``balance[u]``: the per-channel factor a of a
+    two arrays (C,) of per-channel bounds; ``split``: allow the ReLU split. ``balance[u]``: the per-channel factor a of a
     product's square pair (u, v), whose inputs become u' = alpha u + beta v and
     v' = beta u + alpha v with alpha = (a + 1/a) / 2, beta = (a - 1/a) / 2."""
     replaced: dict[str, tuple[L.ChannelSum, np.ndarray]] = {}  # gate -> (segment sum, f(lo_c))
@@ -45,7 +55,14 @@ def expand_fitted(fg: TensorGraph, ranges: dict, bits: int, balance: dict | None
             continue
         c = gate.shape[0]
         lo, hi = (np.broadcast_to(np.asarray(v, np.float64), (c,)) for v in ranges[gate.name])
-        f = fit_layer(gate.fn, lo, hi, gate.bits or bits, tolerance)  # a gate's own K first
+        k = gate.bits or bits   # a gate's own K first
+        f = fit_layer(gate.fn, lo, hi, k, tolerance)
+        relu = _relu_split(gate, f, lo, hi, k, tolerance) if split else None
+        if relu is not None:
+            f, s, top = relu
+            f = replace(f, relu=(f"{gate.name}_relu", s))
+            gates.append(Gate(f"{gate.name}_relu", tuple(gate.shape), expr, "relu", top, gate.pre_tensor,
+                              "", gate.node, fixed_alpha=top, bits=gate.bits))
         shape = (c * f.segments, *gate.shape[1:])
         tile = L.ChannelTile(tuple(gate.shape), shape, f.segments)
         breaks = f.breaks[:, :-1].ravel()
@@ -54,8 +71,26 @@ def expand_fitted(fg: TensorGraph, ranges: dict, bits: int, balance: dict | None
         new = Gate(gate.name, shape, seg, gate.activation, widths, gate.pre_tensor, gate.tensor,
                        gate.node, fixed_alpha=widths, bits=f.bits, fit=f)
         gates.append(new)
-        replaced[gate.name] = (L.ChannelSum(shape, tuple(gate.shape), f.slopes), f.offsets)
+        replaced[gate.name] = (L.ChannelSum(shape, tuple(gate.shape), f.slopes), f.offsets,
+                               None if relu is None else (f"{gate.name}_relu", relu[1]))
     return replace(fg, gates=gates, readout=_rewire(fg.readout, replaced))
+
+
+def _relu_split(gate: Gate, f, lo, hi, bits: int, tolerance: float):
+    """(residual LayerFit, slopes s (C,), ReLU ranges (C,)) when the ReLU split of ``gate``
+    takes fewer neurons per element than the plain fit ``f`` (bits for the ReLU ADC + the
+    residual's segments), else None. The residual is fitted at the plain fit's output step
+    of each channel; a channel whose range lies below 0 keeps f whole (s = 0; its ReLU
+    channel is never read)."""
+    s = gate.fn.relu_slope()
+    if s is None or not np.any(hi > 0):
+        return None
+    slopes = np.where(hi > 0, s, 0.0)
+    fns = [ScalarFn("minus_relu", (float(v),), gate.fn) if v else gate.fn for v in slopes]
+    r = fit_layer(fns, lo, hi, bits, tolerance, steps=[fc.step for fc in f.fits])
+    if bits + r.neurons >= f.neurons:
+        return None
+    return r, slopes, np.where(hi > 0, hi, hi.max())
 
 
 def _mix(u: Expr, cu: np.ndarray, v: Expr, cv: np.ndarray) -> Expr:
@@ -77,9 +112,11 @@ def _rewire(e: Expr, replaced: dict) -> Expr:
     maps, bias = {}, e.bias.astype(np.float64).copy()
     for src, m in e.maps.items():
         if src in replaced:  # the segment gate keeps the name of the gate it replaces
-            csum, offsets = replaced[src]
+            csum, offsets, relu = replaced[src]
             const = np.broadcast_to(L.per_channel(offsets, m.in_shape), (1, *m.in_shape))
             bias = bias + m.apply(const)[0]
+            if relu is not None:   # the ReLU split's linear part: s * relu_K
+                L.accumulate(maps, relu[0], L.compose(m, L.Scale(m.in_shape, m.in_shape, relu[1])))
             m = L.compose(m, csum)
         L.accumulate(maps, src, m)
     return Expr(e.shape, maps, bias)

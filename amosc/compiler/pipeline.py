@@ -298,7 +298,7 @@ def build(fg, n_calib: int, calibration: tuple, opts: Options, limits: Limits, d
     alphas, ranges, balance, in_range = calibration
 
     def expand_fitted(g):
-        return expand(g, ranges, opts.bits, balance, opts.fit_tolerance)
+        return expand(g, ranges, opts.bits, balance, opts.fit_tolerance, opts.relu_split)
     fg = run_tensor_passes(fg, [expand_fitted], dump)
     est = resources.estimate(fg, opts.bits, opts.weight_bits, n_calib, calib_batch(fg))
     resources.check(est, limits, "fitted units expanded into their segments")
@@ -308,7 +308,8 @@ def build(fg, n_calib: int, calibration: tuple, opts: Options, limits: Limits, d
     program.options = {"bits": opts.bits, "calibration": opts.calibration,
                        "percentile": opts.percentile, "rounding": opts.rounding,
                        "granularity": opts.granularity, "weight_bits": opts.weight_bits,
-                       "maxpool": opts.maxpool, "fit_tolerance": opts.fit_tolerance}
+                       "maxpool": opts.maxpool, "fit_tolerance": opts.fit_tolerance,
+                       "relu_split": opts.relu_split}
     program.provenance = {"source": fg.path.rsplit("/", 1)[-1], "sha256": fg.sha256,
                           "opset": fg.opset, "amosc": __version__, "input_name": fg.input_name,
                           "output_name": fg.output_name, "softmax": fg.softmax or "",

@@ -335,6 +335,16 @@ def _check_fit(name, fit, shape):
         if v is None or v.shape not in shapes or not np.all(np.isfinite(v)):
             raise IRError(f"population {name!r}: fit {key} must be finite numbers shaped "
                           f"{' or '.join(map(str, shapes))}, got {fit[key]!r:.80}")
+    relu = fit.get("relu")
+    if relu is not None:
+        try:
+            slope = np.asarray(relu["slope"], dtype=np.float64) if isinstance(relu, dict) else None
+        except (KeyError, TypeError, ValueError, OverflowError):
+            slope = None
+        if (slope is None or not isinstance(relu.get("population"), str) or slope.shape not in ((), (c,))
+                or not np.all(np.isfinite(slope))):
+            raise IRError(f"population {name!r}: fit relu must be {{'population': name, 'slope': a finite number "
+                          f"or {c} of them}}, got {relu!r:.80}")
 
 
 def _check_bias(name, bias, shape):

@@ -544,9 +544,12 @@ def decode(pop, values: np.ndarray) -> np.ndarray:
     return values.astype(np.float64) * pop.scale.reshape((-1,) + (1,) * (len(pop.shape) - 1))
 
 
-def decode_activation(pop, values: np.ndarray) -> np.ndarray:
+def decode_activation(pop, values: np.ndarray, program: Program | None = None, codes: dict | None = None
+                      ) -> np.ndarray:
     """The activation a gate population reproduces: :func:`decode`, and for a segmented
-    (fitted) gate the slopes-weighted sum of its segments plus the offset."""
+    (fitted) gate the slopes-weighted sum of its segments plus the offset, plus, for a
+    ReLU split (``fit["relu"]``), slope times the value of its ReLU population (whose codes
+    ``codes[name]`` and ``program`` it then needs)."""
     y = decode(pop, values)
     fit = getattr(pop, "fit", None)
     if not fit:
@@ -556,5 +559,13 @@ def decode_activation(pop, values: np.ndarray) -> np.ndarray:
     slopes = np.broadcast_to(np.asarray(fit["slopes"], np.float64), (c, s))  # (S,) or (C, S)
     offset = np.broadcast_to(np.asarray(fit["offset"], np.float64), (c,))
     y = y.reshape((y.shape[0], c, s) + tuple(pop.shape[1:]))
-    return (np.einsum("ncs...,cs->nc...", y, slopes)
-            + offset.reshape((1, c) + (1,) * (len(pop.shape) - 1)))
+    out = (np.einsum("ncs...,cs->nc...", y, slopes)
+           + offset.reshape((1, c) + (1,) * (len(pop.shape) - 1)))
+    relu = fit.get("relu")
+    if relu:
+        if program is None or codes is None or relu["population"] not in codes:
+            raise IRError(f"population {pop.name!r}: decoding its ReLU split needs the codes of "
+                          f"{relu['population']!r}")
+        slope = np.broadcast_to(np.asarray(relu["slope"], np.float64), (c,)).reshape((1, c) + (1,) * (len(pop.shape) - 1))
+        out = out + slope * decode(program.pop(relu["population"]), codes[relu["population"]])
+    return out

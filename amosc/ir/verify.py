@@ -109,6 +109,14 @@ def verify(program: Program, ranges: bool = True) -> None:
         raise IRError(f"program needs exactly one input population named {program.input!r}")
     if not isinstance(program.pop(program.output), ReadoutPop):
         raise IRError(f"output {program.output!r} must be a readout population")
+    for p in program.populations:   # a ReLU split's linear part: a gate of the unit's shape
+        relu = (getattr(p, "fit", None) or {}).get("relu")
+        if relu:
+            q = program.pop(relu["population"]) if relu["population"] in pos else None
+            want = (p.shape[0] // int(p.fit["segments"]), *p.shape[1:])
+            if not isinstance(q, GatePop) or tuple(q.shape) != want:
+                raise IRError(f"population {p.name!r}: its fit's ReLU part {relu['population']!r} is not a "
+                              f"gate population of shape {want}")
     pnames = [p.name for p in program.projections]
     if len(set(pnames)) != len(pnames):
         raise IRError("duplicate projection names")
