@@ -123,9 +123,10 @@ def main(debug):
               help="MaxPool circuit: tree = exact max(p, q) = q + relu(p - q) units (any input, log2(window) layers deep); lipool = lateral-inhibition pooling, one unit per output joining one compartment per window tap by max (ReLU-family inputs only; needs max-join compartments, so not the lava-loihi backend).")
 @click.option("--fit-tolerance", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Fitted units (SiLU, GELU, sigmoid, ...): largest chord error in output steps of the K-bit grid. Smaller: more segments (neurons), fewer bits each (shallower), closer to an ideal K-bit unit.")
-@click.option("--relu-split/--no-relu-split", default=True, show_default=True,
-              help="A ReLU-like fitted unit (SiLU, GELU, softplus, ELU, hardswish) may be built as a K-bit ReLU ADC plus "
-                   "segments of the small residual f - relu, where that takes fewer neurons (docs/onnx-support.md).")
+@click.option("--relu-split", is_flag=True,
+              help="Build a ReLU-like fitted unit (SiLU, GELU, softplus, ELU, hardswish) as a K-bit ReLU ADC plus "
+                   "segments of the small residual f - relu where that takes fewer neurons: about half the neurons "
+                   "at K=8, about half a step more error (docs/onnx-support.md).")
 @click.option("--max-neurons", default=None, type=click.IntRange(1), show_default="16777216",
               help="Refuse (before building it) a program with more neurons than this.")
 @click.option("--max-memory", default=None, type=_size, show_default="3/4 of this machine's memory",

@@ -473,10 +473,10 @@ def test_relu_slope_finds_relu_like_functions(name, params, slope):
 
 
 def test_relu_split_builds_a_relu_gate_and_a_smaller_residual(tmp_path):
-    path = save(_act_model("SiLU", seed=3), tmp_path / "m.onnx")
+    path = save(_act_model("SiLU", seed=6), tmp_path / "m.onnx")
     x = structured_inputs((1, 8, 8), 80, seed=4)
-    split = amosc.compile(path, x[:40], bits=8)
-    plain = amosc.compile(path, x[:40], bits=8, relu_split=False)
+    split = amosc.compile(path, x[:40], bits=8, relu_split=True)
+    plain = amosc.compile(path, x[:40], bits=8)
     unit = next(p for p in split.populations if isinstance(p, GatePop) and p.fit)
     relu = split.pop(unit.fit["relu"]["population"])
     assert relu.activation == "relu" and relu.code.bits == 8 and relu.shape == (4, 8, 8)

@@ -101,8 +101,9 @@ class ScalarFn:
         if self.name == "gated":
             a, b, alpha, beta, gamma, delta = self.params
             return (a * x + b) * (alpha + beta * self.inner(gamma * x + delta))
-        if self.name == "minus_relu":   # inner(x) - s relu(x): the residual of a ReLU split
-            return self.inner(x) - self.params[0] * np.maximum(x, 0.0)
+        if self.name == "minus_relu":   # inner(x) - s relu(x - x0): the residual of a ReLU split
+            s, x0 = self.params
+            return self.inner(x) - s * np.maximum(x - x0, 0.0)
         return _BASE[self.name](x, self.params)
 
     def bounds(self) -> tuple[float, float]:
@@ -304,7 +305,20 @@ def _candidates(fn: ScalarFn, lo: float, hi: float, bits: int, tolerance: float,
     total = float(np.abs(np.diff(f)).sum())  # total variation on the range
     if step is None:
         step = max(total, 1e-12) / (2**bits - 1)
-    return tuple(_make(fn, x, f, _segments(x, f, step, k, tolerance), k, step) for k in range(1, bits + 1))
+    # a ReLU split's residual has a kink at x0 (a grid point, see kink_point): a break there
+    kink = int(np.argmin(np.abs(x - fn.params[1]))) if fn.name == "minus_relu" else None
+    edge = int(math.ceil((GRID - 1) * MIN_WIDTH))
+    if kink is not None and not edge <= kink <= GRID - 1 - edge:
+        kink = None   # a break so near an end would make a segment too narrow (see _segments)
+    return tuple(_make(fn, x, f, _segments(x, f, step, k, tolerance, kink), k, step) for k in range(1, bits + 1))
+
+
+def kink_point(fn: ScalarFn, lo: float, hi: float) -> float:
+    """The point of the grid a fit of ``fn`` on [lo, hi] uses that is nearest to 0 (a
+    ReLU split puts its kink there, so that a breakpoint can sit exactly on it)."""
+    a, b = _range_key(fn, lo, hi)
+    x = np.linspace(a, b, GRID)
+    return float(x[int(np.argmin(np.abs(x)))])
 
 
 def _split_to(fn: ScalarFn, f: Fit, n: int) -> Fit:
@@ -324,9 +338,10 @@ def _split_to(fn: ScalarFn, f: Fit, n: int) -> Fit:
     return _make(fn, x, fn(x), idx, f.bits, f.step)
 
 
-def _segments(x, f, step, kseg, tolerance):
+def _segments(x, f, step, kseg, tolerance, kink=None):
     """Greedy breakpoints (indices into x): extend each segment while its chord error
-    stays within ``tolerance`` steps and its output span within (2^kseg - 1) steps."""
+    stays within ``tolerance`` steps and its output span within (2^kseg - 1) steps; no
+    segment crosses index ``kink`` (f's slope jumps there)."""
     n = len(x)
     span_cap = (2**kseg - 1) * step
     tol = tolerance * step
@@ -342,7 +357,8 @@ def _segments(x, f, step, kseg, tolerance):
             d = f[i:j + 1] - fi - ramp[:j - i + 1] * ((fj - fi) / (j - i))
             return d.max() <= tol and -d.min() <= tol
 
-        lo_j, hi_j = i + 1, n - 1
+        lo_j, hi_j = i + 1, (kink if kink is not None and i < kink < n - 1 else n - 1)
+        end = hi_j
         if ok(hi_j):
             lo_j = hi_j
         # largest j with ok(j); ok is monotone enough for a bisection
@@ -354,14 +370,14 @@ def _segments(x, f, step, kseg, tolerance):
                 hi_j = mid
         # no segment narrower than MIN_WIDTH of the range: a narrow segment's ADC step is so
         # fine that the layer's worst-case input would not fit the accumulator
-        lo_j = min(max(lo_j, i + min_pts), n - 1)
+        lo_j = min(max(lo_j, i + min_pts), end)
         breaks.append(lo_j)
         i = lo_j
     # a sliver left at the end would need a very fine ADC step for a fraction of a level:
     # share the last two segments' range evenly instead (the fit's error is re-measured)
     if len(breaks) > 2:
         a, b, c = breaks[-3:]
-        if abs(f[c] - f[b]) < step or (x[c] - x[b]) < (x[-1] - x[0]) * MIN_WIDTH:
+        if b != kink and (abs(f[c] - f[b]) < step or (x[c] - x[b]) < (x[-1] - x[0]) * MIN_WIDTH):
             breaks[-2] = (a + c) // 2
     return breaks
 

@@ -41,7 +41,7 @@ class Options:
     weight_bits: int = 16            # 16: a second 8-bit mantissa set carries the rounding residue
     maxpool: str = "tree"            # or "lipool": lateral-inhibition pooling (max-join units)
     fit_tolerance: float = CHORD_TOLERANCE  # fitted units' chord error, in output steps
-    relu_split: bool = True          # ReLU-like fitted units may be a ReLU ADC + residual segments
+    relu_split: bool = False         # ReLU-like fitted units may be a ReLU ADC + residual segments
 
     def __post_init__(self):
         from ..errors import AmoscError
