@@ -449,12 +449,7 @@ def explore(model, calib, val_input, labels, bits, target, max_points, output, j
     from .compiler import explore as ex
     from .compiler.calibrate import load_labels, read_npy
     from .fileio import atomic_write, check_output
-    try:
-        ks = tuple(int(b) for b in bits.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{bits!r} is not a comma-separated list of integers", param_hint="'--bits'")
-    if not ks or any(not 1 <= k <= 16 for k in ks):
-        raise click.BadParameter(f"{bits!r}: each K must be in 1..16", param_hint="'--bits'")
+    ks = _int_list(bits, "--bits", 1, 16)
     for path, what in ((output, "-o"), (json_out, "--json")):
         if path:
             check_output(path, [model, calib, val_input, labels], what)
@@ -470,6 +465,55 @@ def explore(model, calib, val_input, labels, bits, target, max_points, output, j
     if output:
         ex.plot(front, output, title=os.path.basename(model))
         click.echo(f"wrote {output}", err=True)
+
+
+def _int_list(text: str, option: str, lo: int, hi: int) -> tuple:
+    """'4,6,8' -> (4, 6, 8), each in lo..hi, or a usage error naming ``option``."""
+    try:
+        vals = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers", param_hint=f"'{option}'")
+    if not vals or any(not lo <= v <= hi for v in vals):
+        raise click.BadParameter(f"{text!r}: each value must be in {lo}..{hi}", param_hint=f"'{option}'")
+    return vals
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--calib", required=True, type=click.Path(dir_okay=False), help="Calibration inputs .npy.")
+@click.option("--input", "x_path", required=True, type=click.Path(dir_okay=False),
+              help="Test inputs .npy: agreement with onnxruntime is measured on them.")
+@click.option("--labels", type=click.Path(dir_okay=False), help="Their labels .npy (adds accuracy).")
+@click.option("--codes", default=",".join(("rate", "burst", "ternary", "augmented")), show_default=True,
+              help="Rate-family codes to run: rate, burst (2 spikes per step), burstG (G per step), ternary, "
+                   "augmented; 'none' for AMOS only.")
+@click.option("--steps", "-T", default="8,16,32,64,128,256", show_default=True,
+              help="Time windows T at which the rate-family codes are read out.")
+@click.option("--bits", "-K", default="4,6,8", show_default=True, help="AMOS precisions K to compile and run.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the rows as a JSON list.")
+@_limit_option
+def compare(model, calib, x_path, labels, codes, steps, bits, json_out, limit):
+    """AMOS against the rate-family conversion codes (rate, burst, ternary, augmented spikes)
+    on the same imported MODEL and inputs: agreement, accuracy, latency, spikes (docs/codes.md)."""
+    import json
+    from . import codes as cd
+    from .compiler.calibrate import load_labels, read_npy
+    from .fileio import atomic_write, check_output
+    names = () if codes.strip() == "none" else tuple(c.strip() for c in codes.split(",") if c.strip())
+    for c in names:
+        cd.scheme(c)    # an unknown code is refused before any work
+    ts, ks = _int_list(steps, "--steps", 1, 100000), _int_list(bits, "--bits", 1, 16)
+    if json_out:
+        check_output(json_out, [model, calib, x_path, labels], "--json")
+    x = read_npy(x_path, "test input")[:limit]
+    y = load_labels(labels, x.shape[0])[:x.shape[0]] if labels else None
+    rows = cd.compare(model, read_npy(calib, "calibration data"), x, y, codes=names, steps=ts, bits=ks,
+                      log=lambda m: click.echo(m, err=True))
+    click.echo(cd.render(rows))
+    if json_out:
+        body = json.dumps([r.to_dict() for r in rows], indent=1).encode()
+        atomic_write(json_out, lambda f: f.write(body))
+        click.echo(f"wrote {json_out}: {len(rows)} rows", err=True)
 
 
 @main.command()
