@@ -343,6 +343,31 @@ def test_border_normalized_average_pool_is_relayed_not_materialized(tmp_path):
     assert rep.agreement >= 0.95 and rep.logits_max_err < 0.05, rep.render()
 
 
+def test_border_normalized_average_pool_of_a_max_pool_relays_its_codes_exactly(tmp_path):
+    """A padded count_include_pad=0 AveragePool straight after a MaxPool of one ReLU gate:
+    the max-pool's taps are relayed on the ReLU gate's own step (alpha_from), so the relay
+    holds the max exactly, as every other relay of pooled codes does."""
+    from amosc.compiler.pipeline import import_graph
+    from amosc.ir.semantics import evaluate
+    b = GraphBuilder((1, 12, 12), seed=13)
+    h = b.relu(b.conv("x", 1, 4))
+    m = b.node("MaxPool", [h], kernel_shape=[2, 2], strides=[2, 2])
+    p = b.node("AveragePool", [m], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], count_include_pad=0)
+    h2 = b.node("GlobalAveragePool", [b.relu(b.conv(p, 4, 4, k=1, pad=0))])
+    path = save(b.model(b.gemm(b.node("Flatten", [h2]), 4, 3), 3), tmp_path / "m.onnx")
+    g = import_graph(path)
+    relay = [gate for gate in g.gates if gate.activation == "relay"]
+    assert len(relay) == 1 and relay[0].alpha_from == g.gates[0].name
+    x = structured_inputs((1, 12, 12), 60, seed=2)
+    prog = amosc.compile(path, x[:40], bits=6)
+    src, pop = prog.pop(g.gates[0].name), prog.pop(relay[0].name)
+    np.testing.assert_array_equal(pop.scale, src.scale)
+    ev = evaluate(prog, x[40:])
+    c = ev[src.name]
+    pooled = c.reshape(*c.shape[:2], 6, 2, 6, 2).max(axis=(3, 5))
+    np.testing.assert_array_equal(ev[pop.name], pooled)    # the relay is the exact max
+
+
 def test_a_wide_dense_layer_after_a_max_pool_reads_an_exact_relay(tmp_path, monkeypatch):
     """VGG: Flatten of a max-pool then Gemm. Composed with the pool's taps, the Gemm would
     store a weight for every pre-pool value (4x, gigabytes for VGG-19); above a size limit the

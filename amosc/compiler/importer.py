@@ -560,8 +560,9 @@ class _Importer:
                             for v in e.maps.values())
                 if not plain:
                     # the padded pool of a map that is not a gate's values (e.g. a max-pool's
-                    # taps) composes into no convolution: relay the input first, exactly (>= 0)
-                    e = self.gate(node, e, "relay", pre_tensor="", tensor="", suffix="in")
+                    # taps) composes into no convolution: relay the input first (>= 0; exact on
+                    # the source's step when it is a max-pool of one ReLU gate's codes)
+                    e = self._relay(node, e)
                 # a convolution reading a position-dependent map is no convolution: lowered,
                 # it would be a sparse matrix of C_in * k^2 synapses per output (130 M for one
                 # Inception-v2 pool projection). The input is non-negative (range analysis), so
