@@ -250,3 +250,21 @@ def test_sum_of_convolutions_of_other_geometry_is_one_convolution(ka, pa, da, kb
     assert isinstance(s, L.Conv)
     x = rng.normal(size=(2, c, h, h))
     np.testing.assert_allclose(s.apply(x), a.apply(x) + b.apply(x), atol=1e-12)
+
+
+def test_conv_pair_goes_sparse_predicts_compose_without_multiplying():
+    """The importer decides to relay a padded conv or pool over a max-pool's taps before the
+    product is built; the prediction must be compose's own outcome, pair for pair."""
+    import itertools
+    rng = np.random.default_rng(0)
+    seen = set()
+    for h, (ki, si, pi), (ko, so, po) in itertools.product(
+            (5, 8), itertools.product((1, 2, 3), (1, 2), (0, 1)), itertools.product((1, 2, 3), (1, 2), (0, 1))):
+        inner = L.conv_map((2, h, h), rng.normal(size=(3, 2, ki, ki)), (si, si), (pi,) * 4, (1, 1), 1)
+        if min(inner.out_shape[1:]) + 2 * po < ko:
+            continue
+        outer = L.conv_map(inner.out_shape, rng.normal(size=(2, 3, ko, ko)), (so, so), (po,) * 4, (1, 1), 1)
+        sparse = isinstance(L.compose(outer, inner), L.Sparse)
+        assert sparse == L.conv_pair_goes_sparse(outer, inner), (h, ki, si, pi, ko, so, po)
+        seen.add(sparse)
+    assert seen == {True, False}

@@ -240,9 +240,13 @@ class _Importer:
         (a padded conv or pool over a max-pool's taps) it would be a sparse matrix per source,
         multiplied again by every reader (a fitted unit's segments); a relay gate holds e
         instead (exact on a max-pool of ReLU codes), and m reads the gate."""
-        out = e.apply(m, extra)
         sparse = lambda x: any(isinstance(v, L.Sparse) for v in x.maps.values())  # noqa: E731
-        if sparse(out) and not sparse(e) and isinstance(m, L.Conv):
+        if isinstance(m, L.Conv) and not sparse(e) and any(L.conv_pair_goes_sparse(m, v) for v in e.maps.values()):
+            relayed = self._relay(node, e)   # predicted: the product is not built at all
+            if relayed is not None:
+                return relayed, relayed.apply(m, extra)
+        out = e.apply(m, extra)
+        if sparse(out) and not sparse(e) and isinstance(m, L.Conv):   # other maps (e.g. concatenations)
             relayed = self._relay(node, e)
             if relayed is not None:
                 return relayed, relayed.apply(m, extra)

@@ -531,6 +531,22 @@ def _composed_axis(n_in, n_mid, n_out, ki, si, pi, ko, so, po):
     return None if after is None else (k, s, (before, after))
 
 
+def conv_pair_goes_sparse(outer: LinearMap, inner: LinearMap) -> bool:
+    """Whether :func:`compose` of two convolutions falls back to a sparse matrix (the outer's
+    padding reads positions no single convolution of the input can), decided from shapes and
+    attributes alone, before any weights are multiplied (:func:`_conv_of_convs`' rule)."""
+    if not (isinstance(outer, Conv) and isinstance(inner, Conv)) or _pointwise(outer) or _pointwise(inner):
+        return False
+    if _global(outer) is not None or _global(inner) is not None:
+        return False
+    if tuple(outer.dilations) != (1, 1) or tuple(inner.dilations) != (1, 1):
+        return True
+    return any(_composed_axis(inner.in_shape[1 + a], inner.out_shape[1 + a], outer.out_shape[1 + a],
+                              inner.w.shape[2 + a], inner.strides[a], inner.pads[a::2],
+                              outer.w.shape[2 + a], outer.strides[a], outer.pads[a::2]) is None
+               for a in (0, 1))
+
+
 def _conv_of_convs(outer: "Conv", inner: "Conv") -> "Conv | None":
     """outer∘inner as one convolution (undilated), or None where padding forbids it: a
     selection before a convolution (a max-pool tap) stays a convolution of the source."""
