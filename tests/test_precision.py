@@ -41,6 +41,12 @@ def test_a_loose_budget_lowers_every_group_and_the_program_stays_exact(case):
     assert static_cost(prog).neurons < static_cost(uniform).neurons
     assert prog.latency < uniform.latency
     assert lines[-1].startswith("per-layer precision") and all(f"{g}: K=3" in lines[-1] for g in groups)
+    # then every gate's second (residue) mantissa set is dropped: 8-bit incoming weights
+    gates = {p.name for p in prog.populations if isinstance(p, GatePop)}
+    assert {pr.target for pr in uniform.projections if pr.name.endswith("#lo")} & gates
+    assert not {pr.target for pr in prog.projections if pr.name.endswith("#lo")} & gates
+    assert static_cost(prog).synapses < static_cost(uniform).synapses
+    assert "8-bit incoming weights" in lines[-1]
     assert_levels_equal(prog, xv[:8])                      # mixed K runs spike for spike
 
 

@@ -66,14 +66,14 @@ def expand_fitted(fg: TensorGraph, ranges: dict, bits: int, balance: dict | None
             top = np.where(hi > x0, hi - x0, hi.max())
             shifted = expr.apply(L.identity(tuple(gate.shape)), -np.broadcast_to(L.per_channel(x0, gate.shape), gate.shape))
             gates.append(Gate(f"{gate.name}_relu", tuple(gate.shape), shifted, "relu", top, gate.pre_tensor,
-                              "", gate.node, fixed_alpha=top, bits=gate.bits))
+                              "", gate.node, fixed_alpha=top, bits=gate.bits, weight_bits=gate.weight_bits))
         shape = (c * f.segments, *gate.shape[1:])
         tile = L.ChannelTile(tuple(gate.shape), shape, f.segments)
         breaks = f.breaks[:, :-1].ravel()
         widths = f.widths().ravel()
         seg = expr.apply(tile, -np.broadcast_to(L.per_channel(breaks, shape), shape))
         new = Gate(gate.name, shape, seg, gate.activation, widths, gate.pre_tensor, gate.tensor,
-                       gate.node, fixed_alpha=widths, bits=f.bits, fit=f)
+                       gate.node, fixed_alpha=widths, bits=f.bits, fit=f, weight_bits=gate.weight_bits)
         gates.append(new)
         replaced[gate.name] = (L.ChannelSum(shape, tuple(gate.shape), f.slopes), f.offsets,
                                None if relu is None else (f"{gate.name}_relu", relu[1]))

@@ -15,6 +15,11 @@ data), :func:`choose_precision` lowers the precision of the gates where it costs
    are visited by neurons saved per point of measured loss (the cheapest saving first), each
    taking the lowest K' whose *combined* program (every choice so far) still meets the
    budget, measured again on the validation data.
+4. **Weight precision.** With 16-bit weights (``--weight-bits 16``, the default), the gates
+   are then visited by the synapses of their second (residue) mantissa set, largest first;
+   a gate keeps 8-bit incoming weights (that set dropped: half its synapse memory) when the
+   combined program still meets the budget. Neurons are the first objective, synapses the
+   second.
 
 Guarantee: the returned program's accuracy on the validation data is within ``max_drop``
 points of the float model's (measured on that program, not estimated); the neuron count is
@@ -54,6 +59,9 @@ class PrecisionReport:
     assignment: dict               # group -> K (only the lowered groups)
     sensitivity: list = field(default_factory=list)   # every measured Choice
     inputs: int = 0
+    narrow: list = field(default_factory=list)        # gates whose incoming weights are 8-bit
+    uniform_synapses: int = 0
+    synapses: int = 0
 
     @property
     def drop(self) -> float:
@@ -66,6 +74,9 @@ class PrecisionReport:
                  f"drop {self.drop:.2f} pt <= --max-drop {self.max_drop:g}"]
         for g, k in sorted(self.assignment.items(), key=lambda t: t[1]):
             lines.append(f"  {g}: K={k}")
+        if self.narrow:
+            lines.append(f"  8-bit incoming weights ({self.uniform_synapses} -> {self.synapses} stored synapses): "
+                         + ", ".join(self.narrow))
         return "\n".join(lines)
 
 
@@ -87,10 +98,12 @@ def precision_groups(fg) -> dict:
     return leader
 
 
-def with_bits(fg, leader: dict, assignment: dict):
-    """The graph with every gate of a group in ``assignment`` (leader -> K) at that K."""
+def with_bits(fg, leader: dict, assignment: dict, narrow=()):
+    """The graph with every gate of a group in ``assignment`` (leader -> K) at that K, and
+    the gates in ``narrow`` with 8-bit incoming weights."""
     gates = [replace(g, bits=assignment[leader[g.name]]) if leader.get(g.name) in assignment else g
              for g in fg.gates]
+    gates = [replace(g, weight_bits=8) if g.name in narrow else g for g in gates]
     return replace(fg, gates=gates)
 
 
@@ -161,7 +174,7 @@ def choose_precision(model_path, calib, x_val, labels, max_drop: float, opts, *,
     say(f"calibrating for K in {[K, *ks]}")
     cal = calibrate(fg, calib, opts, precisions=[K, *ks])
 
-    def program_for(assignment: dict, dump=None):
+    def program_for(assignment: dict, dump=None, narrow=()):
         merged = tuple({} for _ in range(2))
         for g in fg.gates:
             k = assignment.get(leader.get(g.name), K)
@@ -169,13 +182,13 @@ def choose_precision(model_path, calib, x_val, labels, max_drop: float, opts, *,
                 if g.name in table:
                     part[g.name] = table[g.name]
         calibration = (*merged, cal[K][2], cal[K][3])
-        return build(with_bits(fg, leader, assignment), calib.shape[0], calibration, opts, limits, dump)
+        return build(with_bits(fg, leader, assignment, narrow), calib.shape[0], calibration, opts, limits, dump)
 
     def score(prog):
         return float((predictions(prog, x_val) == labels).mean()), cost.static_cost(prog).neurons
 
-    def measure(assignment: dict):
-        prog = program_for(assignment)
+    def measure(assignment: dict, narrow=()):
+        prog = program_for(assignment, narrow=narrow)
         return (prog, *score(prog))
 
     uniform_acc, uniform_neurons = score(uniform)   # (program_for({}) builds the same program)
@@ -208,8 +221,22 @@ def choose_precision(model_path, calib, x_val, labels, max_drop: float, opts, *,
                 assignment, best, best_acc, best_n = trial, prog, acc, n
                 say(f"{g}: K={k} kept (accuracy {100 * acc:.2f}%, {n} neurons)")
                 break
+    narrow: list = []
+    uniform_syn = best_syn = cost.static_cost(best).synapses
+    if opts.weight_bits == 16:
+        names = {g.name for g in fg.gates}
+        residue: dict = {}   # gate -> stored synapses of its second mantissa set
+        for pr in best.projections:
+            if pr.name.endswith("#lo") and pr.target in names:
+                residue[pr.target] = residue.get(pr.target, 0) + pr.synapses
+        for g in sorted(residue, key=residue.get, reverse=True):
+            prog, acc, n = measure(assignment, [*narrow, g])
+            syn = cost.static_cost(prog).synapses
+            if 100.0 * (float_acc - acc) <= max_drop and n <= best_n and syn < best_syn:
+                narrow, best, best_acc, best_n, best_syn = [*narrow, g], prog, acc, n, syn
+                say(f"{g}: 8-bit weights kept (accuracy {100 * acc:.2f}%, {syn} synapses)")
     if dump:   # the chosen program once more, its passes dumped (the same deterministic build)
-        best = program_for(assignment, dump)
+        best = program_for(assignment, dump, narrow)
     report = PrecisionReport(K, float_acc, uniform_acc, uniform_neurons, best_acc, best_n, max_drop,
-                             assignment, sens, len(x_val))
+                             assignment, sens, len(x_val), narrow, uniform_syn, best_syn)
     return best, report

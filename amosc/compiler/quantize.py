@@ -207,11 +207,12 @@ def lower(fg: TensorGraph, alphas: dict, input_range: tuple, opts: Options) -> P
     code_of = {"input": inp.code}
     zero_point = {"input": inp.zero_point}
 
-    def build(name, expr, shape, out_step, K=K, exact=False, compartments=1):
+    def build(name, expr, shape, out_step, K=K, exact=False, compartments=1, weight_bits=opts.weight_bits):
         """(population, projections) for a target with input ``expr``; ``out_step``: the
         gate's per-channel output step, or None for the readout. ``exact``: the steps are
         set by the circuit (segments, max units) and must not be coarsened per channel.
-        ``compartments`` m > 1: ``expr`` has m compartments per channel, joined by max."""
+        ``compartments`` m > 1: ``expr`` has m compartments per channel, joined by max.
+        ``weight_bits``: 16 adds the second synapse set (the rounding residue)."""
         gate = out_step is not None
         maxcode = 2**K - 1
         bias = expr.bias.astype(np.float64).copy()
@@ -278,7 +279,7 @@ def lower(fg: TensorGraph, alphas: dict, input_range: tuple, opts: Options) -> P
                 pr = _projection(f"{src}->{name}", src, name, scaled)
                 if pr is not None:
                     ps.append(pr)
-                    if opts.weight_bits == 16:  # a second synapse set carries the rounding residue
+                    if weight_bits == 16:  # a second synapse set carries the rounding residue
                         fresh = isinstance(scaled, L.Dense) and scaled.w is not getattr(m, "w", None)
                         res = _residual(scaled, pr, inplace=fresh)   # a fresh matrix may hold it
                         del scaled
@@ -348,7 +349,8 @@ def lower(fg: TensorGraph, alphas: dict, input_range: tuple, opts: Options) -> P
         if gs.compartments > 1 and gs.alpha_from is not None and not exact:
             raise RangeError(f"layer {gs.name!r}: a lateral-inhibition pooling unit needs its source's "
                              "code steps (a ReLU-family activation with the same bits)")
-        pop, ps = build(gs.name, gs.expr, gs.shape, out_step, bits, exact, gs.compartments)
+        pop, ps = build(gs.name, gs.expr, gs.shape, out_step, bits, exact, gs.compartments,
+                        gs.weight_bits or opts.weight_bits)
         fit = gs.fit.as_dict() if gs.fit is not None else None
         pop = replace(pop, activation=gs.activation, tensor=gs.tensor, fit=fit)
         pops.append(pop)

@@ -84,6 +84,9 @@ class Gate:
     alpha_from: str | None = None   # max-circuit gate: its output step is this gate's (exact)
     fixed_alpha: object = None      # per-channel range set by the compiler, not calibrated
     bits: int | None = None         # code bits when not the program's K (segments)
+    #: 8 or 16: the precision of the gate's incoming synapses when not the program's
+    #: (per-layer weight precision, chosen by --max-drop)
+    weight_bits: int | None = None
     fit: object = None              # the Fit a segmented gate realizes
     #: a product's pair of square units u^2 - v^2 (u = (x + y) / 2, v = (x - y) / 2): the
     #: u gate names the v gate; calibration balances the pair per channel (see expand.py)
@@ -229,6 +232,8 @@ def verify_graph(g: TensorGraph) -> None:
                 raise IRError(f"{where}: {what} must be finite and non-negative")
         if gate.bits is not None and not 1 <= int(gate.bits) <= 31:
             raise IRError(f"{where}: bits must be 1..31, got {gate.bits}")
+        if gate.weight_bits not in (None, 8, 16):
+            raise IRError(f"{where}: weight_bits must be 8 or 16, got {gate.weight_bits}")
         if gate.alpha_from is not None and gate.alpha_from not in by_name:
             raise IRError(f"{where}: alpha_from names {gate.alpha_from!r}, not an earlier gate")
         shapes[gate.name] = tuple(gate.shape)
@@ -302,7 +307,7 @@ def dumps(g: TensorGraph) -> str:
             act += f" upper={_fmt_range(gate.upper)}"
         if gate.fit is not None:
             act += f" segments={gate.fit.segments}"
-        for what in ("bits", "alpha_from", "partner"):
+        for what in ("bits", "weight_bits", "alpha_from", "partner"):
             if getattr(gate, what) is not None:
                 act += f" {what}={getattr(gate, what)}"
         if gate.compartments > 1:
