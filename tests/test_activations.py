@@ -497,6 +497,8 @@ def test_relu_split_builds_a_relu_gate_and_a_smaller_residual(tmp_path):
     steps = np.broadcast_to(np.asarray(unit.fit["steps"]).reshape(1, -1, 1, 1), silu.shape)
     err = np.abs(decode_activation(unit, ev[unit.name], split, ev) - silu)
     assert np.all(err[inside] <= 1.2 * steps[inside] + 0.02), (err[inside] / steps[inside]).max()
+    from amosc.ir.text import describe, render
+    assert f"ReLU split: the unit is these segments of f - s relu plus s x {relu.name}" in render(describe(split))
     with pytest.raises(Exception, match="ReLU split needs the codes"):
         decode_activation(unit, ev[unit.name])
     # the split and its ReLU part survive a save / load

@@ -66,6 +66,8 @@ def describe(program: Program) -> dict:
                                 "neurons_per_element": f["neurons_per_element"],
                                 "channels": f.get("channels", 1),
                                 "elements": int(np.prod(pop.shape)) // f["segments"]}
+                    if f.get("relu"):
+                        d["fit"]["relu"] = f["relu"]["population"]
                 inh = c.bits * (c.bits - 1) // 2 * int(np.prod(pop.shape))
                 total_deployed += inh
             else:
@@ -138,6 +140,8 @@ def render(desc: dict) -> str:
                 lines.append(f"    fitted {f['fn']} on [{f['range'][0]:.4g}, {f['range'][1]:.4g}]{per}: "
                              f"{f['segments']} segments x {f['bits']} bits = {f['neurons_per_element']} "
                              f"neurons/element  error max={f['max_err']:.4g} mean={f['mean_err']:.4g}")
+                if f.get("relu"):
+                    lines.append(f"    ReLU split: the unit is these segments of f - s relu plus s x {f['relu']}")
         else:
             lines.append(f"    scale=[{p['scale'][0]:.6g}, {p['scale'][1]:.6g}]  bias={p['bias_range']}  "
                          f"input_range={p['input_range']}  onnx={p['tensor']}")
