@@ -167,7 +167,7 @@ class Fit:
     bits: int                 # K_s, bits of every segment's ADC
     breaks: tuple             # b_0 .. b_S
     slopes: tuple             # S chord slopes
-    offset: float             # f(b_0)
+    offset: float             # v_0, the fit's value at b_0 (least squares, see knot_values)
     step: float               # target output step (range / (2^K - 1))
     max_err: float            # over [lo, hi], including the segments' rounding
     mean_err: float

@@ -4,10 +4,10 @@ A gate ``g`` with a scalar function f and calibrated input range [lo_c, hi_c] pe
 channel c is replaced by one gate of shape (C * S, ...) whose channel c * S + s is
 the clipped ADC of segment s of channel c (see :mod:`.activations`)::
 
-    g(x)[c] = f(lo_c) + sum_s slope_cs * clip(x[c] - b_cs, 0, w_cs)
+    g(x)[c] = v_c0 + sum_s slope_cs * clip(x[c] - b_cs, 0, w_cs)
 
 Every expression that read ``g`` now reads the segments through a
-:class:`~.linear.ChannelSum` of the slopes, plus the constants f(lo_c) in its bias.
+:class:`~.linear.ChannelSum` of the slopes, plus the constants v_c0 (the fit's value at lo_c) in its bias.
 
 **ReLU split.** A ReLU-like f (SiLU, GELU, softplus, ELU, hardswish: f(x) - s relu(x)
 bounded, see :meth:`~.activations.ScalarFn.relu_slope`) is cheaper as
@@ -40,7 +40,7 @@ def expand_fitted(fg: TensorGraph, ranges: dict, bits: int, balance: dict | None
     two arrays (C,) of per-channel bounds; ``split``: allow the ReLU split. ``balance[u]``: the per-channel factor a of a
     product's square pair (u, v), whose inputs become u' = alpha u + beta v and
     v' = beta u + alpha v with alpha = (a + 1/a) / 2, beta = (a - 1/a) / 2."""
-    replaced: dict[str, tuple[L.ChannelSum, np.ndarray]] = {}  # gate -> (segment sum, f(lo_c))
+    replaced: dict[str, tuple[L.ChannelSum, np.ndarray]] = {}  # gate -> (segment sum, v_c0, ReLU part)
     balanced: dict[str, Expr] = {}
     by_name = {g.name: g for g in fg.gates}
     gates = []
