@@ -441,8 +441,14 @@ def report(program, target, inp, fmt, limit):
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Draw the front here (PNG, SVG or PDF by suffix; needs matplotlib).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the points as a JSON list.")
+@click.option("--fit-tolerance", "fit_tolerances", default=None, metavar="T[,T...]",
+              help="Also compile fitted units (SiLU, GELU, sigmoid, ...) at these chord tolerances (e.g. 0.1,0.5): "
+                   "more neurons-vs-agreement points for models with fitted activations.")
+@click.option("--relu-split", "relu_split", type=click.Choice(["off", "on", "both"]), default="off",
+              show_default=True, help="Compile ReLU-like fitted units plain, split (ReLU ADC + residual), or both.")
 @_limit_option
-def explore(model, calib, val_input, labels, bits, target, max_points, output, json_out, limit):
+def explore(model, calib, val_input, labels, bits, target, max_points, output, json_out, fit_tolerances,
+            relu_split, limit):
     """The latency / neurons / agreement front of MODEL over gate structures (and K): a table,
     a plot and a JSON list of points (docs/optimizer.md)."""
     import json
@@ -450,13 +456,26 @@ def explore(model, calib, val_input, labels, bits, target, max_points, output, j
     from .compiler.calibrate import load_labels, read_npy
     from .fileio import atomic_write, check_output
     ks = _int_list(bits, "--bits", 1, 16)
+    tols = [None]
+    if fit_tolerances:
+        try:
+            tols = [float(t) for t in fit_tolerances.split(",")]
+        except ValueError:
+            raise click.BadParameter(f"{fit_tolerances!r} is not a comma-separated list of numbers",
+                                     param_hint="'--fit-tolerance'")
+        if not all(0 < t <= 1 for t in tols):
+            raise click.BadParameter(f"{fit_tolerances!r}: each tolerance must be in (0, 1]",
+                                     param_hint="'--fit-tolerance'")
+    splits = {"off": [None], "on": [True], "both": [None, True]}[relu_split]
+    variants = [{k: v for k, v in (("fit_tolerance", t), ("relu_split", r)) if v is not None}
+                for t in tols for r in splits]
     for path, what in ((output, "-o"), (json_out, "--json")):
         if path:
             check_output(path, [model, calib, val_input, labels], what)
     x = read_npy(val_input, "validation input")[:limit]
     y = load_labels(labels, x.shape[0])[:x.shape[0]] if labels else None
     front = ex.explore(model, read_npy(calib, "calibration data"), x, y, bits=ks, target=target,
-                       max_points=max_points, log=lambda m: click.echo(m, err=True))
+                       max_points=max_points, log=lambda m: click.echo(m, err=True), variants=variants)
     click.echo(ex.render(front), nl=False)
     if json_out:
         body = json.dumps([p.to_dict() for p in front.points], indent=1).encode()

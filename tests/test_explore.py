@@ -85,3 +85,26 @@ def test_structure_names():
     assert ex.structure_of(Code.radix(6, 2, 3, 1)) == "radix2"
     assert ex.structure_of(Code.radix(7, 3, 3, 1)) == "radix3"
     assert ex.structure_of(Code.radix(5, 5, 3, 1)) == "flash"
+
+
+def test_explore_compiles_fitted_unit_variants_as_more_points(tmp_path):
+    from test_activations import _act_model
+    model = save(_act_model("SiLU", seed=6), tmp_path / "silu.onnx")
+    x = structured_inputs((1, 8, 8), 70, seed=4)
+    np.save(tmp_path / "c.npy", x[:40])
+    np.save(tmp_path / "x.npy", x[40:])
+    r = invoke("explore", model, "--calib", tmp_path / "c.npy", "--val-input", tmp_path / "x.npy", "--bits", 6,
+               "--max-points", 2, "--fit-tolerance", "0.1,0.5", "--relu-split", "both", "--json", tmp_path / "f.json")
+    assert r.exit_code == 0, r.output
+    pts = json.loads((tmp_path / "f.json").read_text())
+    labels = {p["options"] for p in pts}
+    assert labels == {"--fit-tolerance 0.1", "--fit-tolerance 0.1 --relu-split", "--fit-tolerance 0.5",
+                      "--fit-tolerance 0.5 --relu-split"}
+    sar = {p["options"]: p["neurons"] for p in pts if p["structures"].startswith("sar") and "radix" not in
+           p["structures"] and "flash" not in p["structures"]}
+    assert sar["--fit-tolerance 0.5"] < sar["--fit-tolerance 0.1"]    # looser fits, fewer segments
+    assert [p["options"] for p in pts if p["default"]] == ["--fit-tolerance 0.1"]
+    assert "[--fit-tolerance 0.5]" in r.stdout
+    bad = invoke("explore", model, "--calib", tmp_path / "c.npy", "--val-input", tmp_path / "x.npy",
+                 "--fit-tolerance", "0.1,2")
+    assert bad.exit_code == 2 and "each tolerance must be in (0, 1]" in bad.output

@@ -27,7 +27,7 @@ from .structures import apply_plan, optimize, program_nodes, structure_name
 
 #: The fields of a point, in table order (also the JSON keys).
 FIELDS = ("bits", "latency_steps", "neurons", "synapses", "cores", "chips", "spikes_per_input", "agreement",
-          "accuracy", "structures", "default", "pareto")
+          "accuracy", "structures", "options", "default", "pareto")
 
 
 @dataclass
@@ -45,6 +45,7 @@ class Point:
     default: bool = False      # the plain compile (SAR gates at the requested K)
     pareto: bool = False
     fit: str = ""
+    options: str = ""          # the compile options of this point's variant ("" : the defaults)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -112,7 +113,7 @@ def candidate_plans(program, max_points: int) -> list:
     return plans
 
 
-def _measure(program, x, ref_argmax, labels, hw, bits, default, batch: int = 256) -> Point:
+def _measure(program, x, ref_argmax, labels, hw, bits, default, options: str = "", batch: int = 256) -> Point:
     c = cost.static_cost(program)
     fit, cores, chips = "", None, None
     try:
@@ -124,15 +125,27 @@ def _measure(program, x, ref_argmax, labels, hw, bits, default, batch: int = 256
     pred, spikes = predictions(program, x, batch, spikes=True)
     acc = float((pred == labels).mean()) if labels is not None else None
     return Point(bits, c.latency_steps, c.neurons, c.synapses, cores, chips, spikes,
-                 float((pred == ref_argmax).mean()), acc, _structures(program), default, fit=fit)
+                 float((pred == ref_argmax).mean()), acc, _structures(program), default, fit=fit, options=options)
+
+
+def variant_label(variant: dict) -> str:
+    """A compile variant's options as they read on the command line ("" for the defaults)."""
+    parts = []
+    for k, v in sorted(variant.items()):
+        flag = "--" + k.replace("_", "-")
+        parts.append(flag if v is True else f"--no-{flag[2:]}" if v is False else f"{flag} {v:g}"
+                     if isinstance(v, float) else f"{flag} {v}")
+    return " ".join(parts)
 
 
 def explore(model_path, calib, x_val, labels=None, bits=(8,), target: str = "loihi2", max_points: int = 12,
-            default_bits: int | None = None, log=None, **options) -> Front:
+            default_bits: int | None = None, log=None, variants=({},), **options) -> Front:
     """The front of ``model_path`` (see the module docstring). ``bits``: the precisions to
     compile; ``default_bits``: the K whose SAR program is marked the default (the first of
-    ``bits`` when None); ``options``: further :class:`~.pipeline.Options` fields;
-    ``log(message)``: progress lines."""
+    ``bits`` when None); ``variants``: dicts of :class:`~.pipeline.Options` fields, each
+    compiled at every K (e.g. fitted units' tolerance or ReLU split: more trade-offs between
+    neurons and agreement; the first is the one the default point comes from); ``options``:
+    further Options fields for all; ``log(message)``: progress lines."""
     from .pipeline import compile_model
     from .precision import float_reference
     hw = profile(target)
@@ -140,16 +153,19 @@ def explore(model_path, calib, x_val, labels=None, bits=(8,), target: str = "loi
     default_bits = bits[0] if default_bits is None else default_bits
     points = []
     for k in bits:
-        if log:
-            log(f"K={k}: compiling")
-        sar = compile_model(model_path, calib, bits=k, **options)
-        plans = candidate_plans(sar, max_points)
-        for j, plan in enumerate(plans):
-            prog = sar if not any(r > 1 for r in plan.r.values()) else apply_plan(sar, plan)
+        for v, variant in enumerate(variants):
+            label = variant_label(variant)
             if log:
-                log(f"K={k}: point {j + 1}/{len(plans)}: latency {prog.latency} steps, "
-                    f"{cost.static_cost(prog).neurons} neurons")
-            points.append(_measure(prog, x_val, ref_argmax, labels, hw, k, prog is sar and k == default_bits))
+                log(f"K={k}{' ' + label if label else ''}: compiling")
+            sar = compile_model(model_path, calib, bits=k, **{**options, **variant})
+            plans = candidate_plans(sar, max_points)
+            for j, plan in enumerate(plans):
+                prog = sar if not any(r > 1 for r in plan.r.values()) else apply_plan(sar, plan)
+                if log:
+                    log(f"K={k}{' ' + label if label else ''}: point {j + 1}/{len(plans)}: latency {prog.latency} "
+                        f"steps, {cost.static_cost(prog).neurons} neurons")
+                points.append(_measure(prog, x_val, ref_argmax, labels, hw, k,
+                                       prog is sar and k == default_bits and v == 0, label))
     pareto_flags(points)
     points.sort(key=lambda p: (p.latency_steps, p.neurons))
     return Front(points, hw.name, len(x_val))
@@ -166,7 +182,7 @@ def render(front: Front) -> str:
         cores = f"{p.cores:>6} {p.chips:>5}" if p.cores is not None else f"{'no fit':>6} {'-':>5}"
         lines.append(f"{'*' if p.pareto else ' '} {p.bits:>2} {p.latency_steps:>7} {p.neurons:>10} "
                      f"{p.synapses:>12} {cores} {p.spikes_per_input:>10.0f} {100 * p.agreement:6.2f}% {acc}  "
-                     f"{p.structures}{'  (default)' if p.default else ''}")
+                     f"{p.structures}{'  [' + p.options + ']' if p.options else ''}{'  (default)' if p.default else ''}")
     return "\n".join(lines) + "\n"
 
 
