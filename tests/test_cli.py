@@ -266,3 +266,19 @@ def test_budgets_and_report(files):
     assert rep["cores"] >= 1 and rep["chips"] == 1 and "spikes_per_input" not in rep
     rep = json.loads(invoke("report", d / "fast.amos", "--format", "json", "-i", d / "x.npy").output)
     assert rep["spikes_per_input"] > 0 and rep["energy_pj_per_input"] > 0 and rep["energy_is_estimate"]
+
+
+def test_relu_split_flag_compiles_inspects_and_validates(tmp_path):
+    from test_activations import _act_model
+    model = save(_act_model("SiLU", seed=6), tmp_path / "silu.onnx")
+    x = structured_inputs((1, 8, 8), 60, seed=4)
+    np.save(tmp_path / "x.npy", x)
+    r = invoke("compile", model, "--calib", tmp_path / "x.npy", "-o", tmp_path / "m.amos", "--bits", 8, "--relu-split")
+    assert r.exit_code == 0, r.output
+    r = invoke("inspect", tmp_path / "m.amos")
+    assert "ReLU split: the unit is these segments of f - s relu plus s x " in r.output
+    # validate decodes the split unit (its ReLU part included) against onnxruntime's tensor
+    r = invoke("validate", tmp_path / "m.amos", "--onnx", model, "-i", tmp_path / "x.npy", "--min-agreement", 0.9)
+    assert r.exit_code == 0, r.output
+    row = next(line for line in r.output.splitlines() if " silu " in line)
+    assert float(row.split()[-1]) < 0.02, row        # the unit's relative error (about 1 without the ReLU part)
