@@ -507,3 +507,5 @@ def test_relu_split_builds_a_relu_gate_and_a_smaller_residual(tmp_path):
     assert again.pop(unit.name).fit == unit.fit
     a = evaluate(again, x[40:])
     assert all(np.array_equal(a[k], ev[k]) for k in ev)
+    from amosc.ir import asm
+    assert asm.equal(asm.parses(asm.dumps(split)), split)     # and the IR text form
