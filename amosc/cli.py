@@ -70,6 +70,12 @@ def _backend_option(default="reference"):
                         help=f"Backend to run on ({', '.join(backend_names())}; see `amosc backends`).")
 
 
+def _model_and_calib(f):
+    """The MODEL argument and --calib option shared by explore and compare."""
+    f = click.option("--calib", required=True, type=click.Path(dir_okay=False), help="Calibration inputs .npy.")(f)
+    return click.argument("model", type=click.Path(dir_okay=False))(f)
+
+
 _limit_option = click.option("--limit", type=click.IntRange(1), default=None,
                              help="Use only the first LIMIT inputs (and labels).")
 
@@ -427,8 +433,7 @@ def report(program, target, inp, fmt, limit):
 
 
 @main.command()
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--calib", required=True, type=click.Path(dir_okay=False), help="Calibration inputs .npy.")
+@_model_and_calib
 @click.option("--val-input", "val_input", required=True, type=click.Path(dir_okay=False),
               help="Validation inputs .npy: agreement with onnxruntime is measured on them.")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Validation labels .npy (adds accuracy).")
@@ -498,8 +503,7 @@ def _int_list(text: str, option: str, lo: int, hi: int) -> tuple:
 
 
 @main.command()
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--calib", required=True, type=click.Path(dir_okay=False), help="Calibration inputs .npy.")
+@_model_and_calib
 @click.option("--input", "x_path", required=True, type=click.Path(dir_okay=False),
               help="Test inputs .npy: agreement with onnxruntime is measured on them.")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Their labels .npy (adds accuracy).")
