@@ -131,10 +131,12 @@ def simulate(fg, lam: dict, x: np.ndarray, code: Scheme, steps, record: dict | N
     acc = np.zeros((n, *fg.readout.shape))
     spikes = np.zeros(n)
     preds, spike_log = {}, {}
+    # a gate reading only the input gets the same current every step: computed once
+    const = {g.name: exprs[g.name]({INPUT: xv}) for g in fg.gates if set(g.expr.maps) <= {INPUT}}
     for t in range(1, steps[-1] + 1):
         vals = {INPUT: xv}
         for g in fg.gates:
-            v[g.name] += exprs[g.name](vals)
+            v[g.name] += const[g.name] if g.name in const else exprs[g.name](vals)
             s = code.spikes(v[g.name], lam[g.name], count[g.name])
             v[g.name] -= lam[g.name] * s
             count[g.name] += s

@@ -241,16 +241,17 @@ class _Importer:
         multiplied again by every reader (a fitted unit's segments); a relay gate holds e
         instead (exact on a max-pool of ReLU codes), and m reads the gate."""
         sparse = lambda x: any(isinstance(v, L.Sparse) for v in x.maps.values())  # noqa: E731
-        if isinstance(m, L.Conv) and not sparse(e) and any(L.conv_pair_goes_sparse(m, v) for v in e.maps.values()):
-            relayed = self._relay(node, e)   # predicted: the product is not built at all
-            if relayed is not None:
-                return relayed, relayed.apply(m, extra)
-        out = e.apply(m, extra)
-        if sparse(out) and not sparse(e) and isinstance(m, L.Conv):   # other maps (e.g. concatenations)
+        if not isinstance(m, L.Conv) or sparse(e):
+            return e, e.apply(m, extra)
+        # a pair of convolutions is predicted from shapes (the product is never built); other
+        # maps (e.g. a concatenation's) are found sparse after composing
+        predicted = any(L.conv_pair_goes_sparse(m, v) for v in e.maps.values())
+        out = None if predicted else e.apply(m, extra)
+        if predicted or sparse(out):
             relayed = self._relay(node, e)
             if relayed is not None:
                 return relayed, relayed.apply(m, extra)
-        return e, out
+        return e, e.apply(m, extra) if out is None else out
 
     def _relay(self, node, e: Expr, shifted: bool = False):
         """A relay gate holding the non-negative ``e`` (None when e may be negative): exact on

@@ -75,8 +75,8 @@ class PrecisionReport:
         for g, k in sorted(self.assignment.items(), key=lambda t: t[1]):
             lines.append(f"  {g}: K={k}")
         if self.narrow:
-            lines.append(f"  8-bit incoming weights ({self.uniform_synapses} -> {self.synapses} stored synapses): "
-                         + ", ".join(self.narrow))
+            lines.append(f"  8-bit incoming weights (stored synapses: uniform {self.uniform_synapses}, chosen "
+                         f"{self.synapses}): " + ", ".join(self.narrow))
         return "\n".join(lines)
 
 
@@ -222,7 +222,7 @@ def choose_precision(model_path, calib, x_val, labels, max_drop: float, opts, *,
                 say(f"{g}: K={k} kept (accuracy {100 * acc:.2f}%, {n} neurons)")
                 break
     narrow: list = []
-    uniform_syn = best_syn = cost.static_cost(best).synapses
+    uniform_syn, best_syn = cost.static_cost(uniform).synapses, cost.static_cost(best).synapses
     if opts.weight_bits == 16:
         names = {g.name for g in fg.gates}
         residue: dict = {}   # gate -> stored synapses of its second mantissa set
