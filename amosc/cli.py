@@ -133,6 +133,9 @@ def main(debug):
               help="Build a ReLU-like fitted unit (SiLU, GELU, softplus, ELU, hardswish) as a K-bit ReLU ADC plus "
                    "segments of the small residual f - relu where that takes fewer neurons: about half the neurons "
                    "at K=8, about half a step more error (docs/onnx-support.md).")
+@click.option("--bias-correction", default=32, show_default=True, type=click.IntRange(0), metavar="N",
+              help="Compensate, in every neuron's bias, the mean of what the integer plane floors drop, measured "
+                   "on the first N calibration inputs (the correct_floor_bias pass, docs/optimizer.md); 0: off.")
 @click.option("--max-neurons", default=None, type=click.IntRange(1), show_default="16777216",
               help="Refuse (before building it) a program with more neurons than this.")
 @click.option("--max-memory", default=None, type=_size, show_default="3/4 of this machine's memory",
@@ -159,13 +162,13 @@ def main(debug):
               help="Print the IR after PASS (repeatable; 'all': after every pass) to stderr, or into --dump-dir. "
                    "Passes: import, drop_dead_gates, relay_input (only when a fitted unit's input does not fit the "
                    "accumulator), expand_fitted (tensor IR); lower, fold_constant_populations, "
-                   "drop_dead_populations, schedule_asap, choose_structures (with a budget) (integer IR, in the text "
+                   "drop_dead_populations, schedule_asap, choose_structures (with a budget), correct_floor_bias (integer IR, in the text "
                    "form `amosc assemble` reads).")
 @click.option("--dump-dir", type=click.Path(file_okay=False),
               help="Write each --dump-after IR to DIR/NN-PASS.air (integer IR) or DIR/NN-PASS.tir (tensor IR), "
                    "NN the pass's position in the pipeline, instead of stderr.")
 def compile(model, calib, output, bits, calibration, percentile, rounding, granularity, weight_bits,  # noqa: A001
-            maxpool, fit_tolerance, relu_split, max_neurons, max_memory, strict, latency_budget, neuron_budget, max_drop,
+            maxpool, fit_tolerance, relu_split, bias_correction, max_neurons, max_memory, strict, latency_budget, neuron_budget, max_drop,
             val_input, labels, dump_after, dump_dir):
     """Compile an ONNX MODEL into an AMOS program (.amos)."""
     import warnings
@@ -179,7 +182,7 @@ def compile(model, calib, output, bits, calibration, percentile, rounding, granu
 
     opts = Options(bits=bits, calibration=calibration, percentile=percentile, rounding=rounding,
                    granularity=granularity, weight_bits=int(weight_bits), maxpool=maxpool, fit_tolerance=fit_tolerance,
-                   relu_split=relu_split)
+                   relu_split=relu_split, bias_correction=bias_correction)
     limits = Limits(**{k: v for k, v in (("max_neurons", max_neurons), ("max_memory", max_memory)) if v})
     output = output or os.path.splitext(model)[0] + ".amos"
     check_output(output, [model, calib])
@@ -451,9 +454,12 @@ def report(program, target, inp, fmt, limit):
                    "more neurons-vs-agreement points for models with fitted activations.")
 @click.option("--relu-split", "relu_split", type=click.Choice(["off", "on", "both"]), default="off",
               show_default=True, help="Compile ReLU-like fitted units plain, split (ReLU ADC + residual), or both.")
+@click.option("--bias-correction", default=32, show_default=True, type=click.IntRange(0), metavar="N",
+              help="Compensate, in every neuron's bias, the mean of what the integer plane floors drop, measured "
+                   "on the first N calibration inputs (the correct_floor_bias pass, docs/optimizer.md); 0: off.")
 @_limit_option
 def explore(model, calib, val_input, labels, bits, target, max_points, output, json_out, fit_tolerances,
-            relu_split, limit):
+            relu_split, bias_correction, limit):
     """The latency / neurons / agreement front of MODEL over gate structures (and K): a table,
     a plot and a JSON list of points (docs/optimizer.md)."""
     import json
@@ -480,7 +486,8 @@ def explore(model, calib, val_input, labels, bits, target, max_points, output, j
     x = read_npy(val_input, "validation input")[:limit]
     y = load_labels(labels, x.shape[0])[:x.shape[0]] if labels else None
     front = ex.explore(model, read_npy(calib, "calibration data"), x, y, bits=ks, target=target,
-                       max_points=max_points, log=lambda m: click.echo(m, err=True), variants=variants)
+                       max_points=max_points, log=lambda m: click.echo(m, err=True), variants=variants,
+                       bias_correction=bias_correction)
     click.echo(ex.render(front), nl=False)
     if json_out:
         body = json.dumps([p.to_dict() for p in front.points], indent=1).encode()

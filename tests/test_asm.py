@@ -308,12 +308,15 @@ def test_inspect_ir_and_assemble(files):
 def test_dump_after(files):
     d, model = files
     r = invoke("compile", model, "--calib", d / "calib.npy", "-o", d / "m3.amos", "--bits", 3,
-               "--dump-after", "lower", "--dump-after", "schedule_asap")
+               "--dump-after", "lower", "--dump-after", "schedule_asap", "--dump-after", "correct_floor_bias")
     assert r.exit_code == 0, r.output
     err = r.stderr
-    assert err.count("# ---- IR after ") == 2
-    last = err[err.index("# ---- IR after schedule_asap ----\n"):].split("\n", 1)[1]
+    assert err.count("# ---- IR after ") == 3
+    last = err[err.index("# ---- IR after correct_floor_bias ----\n"):].split("\n", 1)[1]
     assert asm.equal(asm.parses(last), amosc.load(d / "m3.amos"))   # the final program
+    scheduled = err[err.index("# ---- IR after schedule_asap ----\n"):err.index("# ---- IR after correct")]
+    before = asm.parses(scheduled.split("\n", 1)[1])
+    assert "bias_correction" not in before.options and amosc.load(d / "m3.amos").options["bias_correction"] == 32
     lowered = err[err.index("# ---- IR after lower ----\n"):err.index("# ---- IR after schedule")]
     assert asm.parses(lowered.split("\n", 1)[1]).options == {}      # options are set after lower
 

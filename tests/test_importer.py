@@ -259,8 +259,10 @@ def test_dense_block_concatenations_stay_structured_and_compile(tmp_path):
     prog = amosc.compile(path, x[:100], bits=8)
     assert prog.output_pop.shape == (5,)
     rep = prog.validate(path, x[100:])
-    assert rep.agreement >= 0.95, rep.render()
-    assert rep.logits_max_err < 0.05
+    # random weights: a tenth of these inputs have top-1 margins under 1% of the logit range, so
+    # top-1 agreement is a weak measure here; the logits themselves must be close
+    assert rep.agreement >= 0.85, rep.render()
+    assert rep.logits_max_err < 0.02 and rep.logits_mean_err < 0.003, rep.render()
 
 
 def test_sum_and_a_softmax_over_a_conv_head_from_an_old_opset(tmp_path):

@@ -15,7 +15,7 @@ in latency, neurons and agreement and better in one.
 from __future__ import annotations
 
 import io
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -146,7 +146,7 @@ def explore(model_path, calib, x_val, labels=None, bits=(8,), target: str = "loi
     compiled at every K (e.g. fitted units' tolerance or ReLU split: more trade-offs between
     neurons and agreement; the first is the one the default point comes from); ``options``:
     further Options fields for all; ``log(message)``: progress lines."""
-    from .pipeline import compile_model
+    from .pipeline import Options, compile_model, floor_bias
     from .precision import float_reference
     hw = profile(target)
     ref_argmax, x_val = float_reference(model_path, x_val)
@@ -157,15 +157,18 @@ def explore(model_path, calib, x_val, labels=None, bits=(8,), target: str = "loi
             label = variant_label(variant)
             if log:
                 log(f"K={k}{' ' + label if label else ''}: compiling")
-            sar = compile_model(model_path, calib, bits=k, **{**options, **variant})
+            opts = Options(bits=k, **{**options, **variant})
+            # every point's biases are corrected for its own planes: the SAR program without the pass
+            sar = compile_model(model_path, calib, replace(opts, bias_correction=0))
             plans = candidate_plans(sar, max_points)
             for j, plan in enumerate(plans):
-                prog = sar if not any(r > 1 for r in plan.r.values()) else apply_plan(sar, plan)
+                plain = not any(r > 1 for r in plan.r.values())
+                prog = floor_bias(sar if plain else apply_plan(sar, plan), calib, opts.bias_correction)
                 if log:
                     log(f"K={k}{' ' + label if label else ''}: point {j + 1}/{len(plans)}: latency {prog.latency} "
                         f"steps, {cost.static_cost(prog).neurons} neurons")
                 points.append(_measure(prog, x_val, ref_argmax, labels, hw, k,
-                                       prog is sar and k == default_bits and v == 0, label))
+                                       plain and k == default_bits and v == 0, label))
     pareto_flags(points)
     points.sort(key=lambda p: (p.latency_steps, p.neurons))
     return Front(points, hw.name, len(x_val))

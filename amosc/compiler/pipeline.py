@@ -13,6 +13,7 @@ from . import resources
 from .calibrate import (NormStats, channel_rows, check_calibration, check_input_array, check_raw_calibration,
                         mse_fn_range, scale_from)
 from .expand import expand_fitted as expand
+from .floor_bias import correct_floor_bias
 from .importer import import_model
 from .passes import DEFAULT_PASSES
 from .quantize import Options, lower
@@ -22,7 +23,7 @@ from .tensor_passes import IMPORT_PASSES, relay_input as _relay_input, run_tenso
 
 #: Every pass ``compile_model(dump=...)`` reports, in pipeline order (tensor IR, then integer IR).
 PASS_NAMES = ("import", *(p.__name__ for p in IMPORT_PASSES), "relay_input", "expand_fitted", "lower",
-              *(p.__name__ for p in DEFAULT_PASSES), "choose_structures")
+              *(p.__name__ for p in DEFAULT_PASSES), "choose_structures", "correct_floor_bias")
 
 MAX_CALIB_VALUES = 4_000_000  # per tensor; larger tensors are subsampled deterministically
 
@@ -187,7 +188,9 @@ def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, *,
     precision; an impossible budget raises ModelError naming the best achievable value.
     ``max_drop`` (top-1 points against the float model on ``validation`` = (inputs, labels)):
     lower some gates' K where the measured loss is smallest (:mod:`.precision`); ``log(line)``
-    receives its progress and its report.
+    receives its progress and its report. Last, the ``correct_floor_bias`` pass
+    (:mod:`.floor_bias`) compensates the plane floors' mean in every bias, measured on the
+    first ``opts.bias_correction`` calibration inputs (0: not run).
     """
     import warnings
     opts = opts or Options(**kw)
@@ -207,9 +210,22 @@ def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, *,
                     log(report.render())
         except CalibrationWarning as w:
             raise CalibrationError(f"{w} (an error with --strict)") from None
-    if latency_budget is None and neuron_budget is None:
+    if latency_budget is not None or neuron_budget is not None:
+        program = choose_structures(program, latency_budget, neuron_budget, dump)
+    return floor_bias(program, calib, opts.bias_correction, calib_name, dump)
+
+
+def floor_bias(program: Program, calib: np.ndarray, images: int, calib_name: str = "", dump=None) -> Program:
+    """The ``correct_floor_bias`` pass (:func:`.floor_bias.correct_floor_bias`) on the first
+    ``images`` calibration inputs, verified; the program itself when ``images`` is 0."""
+    if not images:
         return program
-    return choose_structures(program, latency_budget, neuron_budget, dump)
+    x = check_input_array(calib, program.input_pop.shape, "calibration data", calib_name)
+    corrected, _ = correct_floor_bias(program, x, images)
+    verify(corrected)
+    if dump:
+        dump("correct_floor_bias", corrected)
+    return corrected
 
 
 def choose_structures(program: Program, latency_budget=None, neuron_budget=None, dump=None) -> Program:

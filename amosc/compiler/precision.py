@@ -149,10 +149,12 @@ def choose_precision(model_path, calib, x_val, labels, max_drop: float, opts, *,
     """(program, :class:`PrecisionReport`): the fewest-neuron per-layer precision found (see the
     module docstring) whose top-1 accuracy on ``x_val`` is within ``max_drop`` points of the
     float model's. ``lowest``: the smallest K' tried (default max(2, K // 2)); ``dump``: as in
-    :func:`~.pipeline.compile_model`, for the chosen program's passes. Raises
-    ModelError when even uniform K loses more than ``max_drop``."""
+    :func:`~.pipeline.compile_model`, for the chosen program's passes. Every accuracy is
+    measured after the floor-bias pass (as compile_model returns the program); the program
+    returned is the one before it (compile_model runs it last, after any structure choice).
+    Raises ModelError when even uniform K loses more than ``max_drop``."""
     from .calibrate import check_input_array
-    from .pipeline import build, build_relayed, calibrate, prepare
+    from .pipeline import build, build_relayed, calibrate, floor_bias, prepare
     from .resources import Limits
     if not max_drop >= 0:
         raise ModelError(f"--max-drop must be >= 0 accuracy points, got {max_drop}")
@@ -184,8 +186,9 @@ def choose_precision(model_path, calib, x_val, labels, max_drop: float, opts, *,
         calibration = (*merged, cal[K][2], cal[K][3])
         return build(with_bits(fg, leader, assignment, narrow), calib.shape[0], calibration, opts, limits, dump)
 
-    def score(prog):
-        return float((predictions(prog, x_val) == labels).mean()), cost.static_cost(prog).neurons
+    def score(prog):   # measured as compile_model returns it: with the floor-bias pass
+        corrected = floor_bias(prog, calib, opts.bias_correction)
+        return float((predictions(corrected, x_val) == labels).mean()), cost.static_cost(prog).neurons
 
     def measure(assignment: dict, narrow=()):
         prog = program_for(assignment, narrow=narrow)

@@ -42,6 +42,7 @@ class Options:
     maxpool: str = "tree"            # or "lipool": lateral-inhibition pooling (max-join units)
     fit_tolerance: float = CHORD_TOLERANCE  # fitted units' chord error, in output steps
     relu_split: bool = False         # ReLU-like fitted units may be a ReLU ADC + residual segments
+    bias_correction: int = 32        # calibration inputs the floor-bias pass measures on (0: off)
 
     def __post_init__(self):
         from ..errors import AmoscError
@@ -59,6 +60,8 @@ class Options:
             raise AmoscError(f"rounding must be 'round' or 'floor', got {self.rounding!r}")
         if not 0 < self.fit_tolerance <= 1:
             raise AmoscError(f"fit_tolerance must be in (0, 1] output steps, got {self.fit_tolerance}")
+        if not (isinstance(self.bias_correction, int) and self.bias_correction >= 0):
+            raise AmoscError(f"bias_correction must be a number of inputs >= 0, got {self.bias_correction!r}")
         if self.maxpool not in MAXPOOL_MODES:
             raise AmoscError(f"maxpool must be one of {MAXPOOL_MODES}, got {self.maxpool!r}")
 

@@ -311,21 +311,29 @@ def plane_inputs(proj: Projection, weights, z: np.ndarray) -> np.ndarray:
     return _plane_values(proj, weights, z).astype(np.int64, copy=False)
 
 
-def _plane_values(proj: Projection, weights, z: np.ndarray) -> np.ndarray:
+def _plane_values(proj: Projection, weights, z: np.ndarray, dropped: list | None = None) -> np.ndarray:
     """:func:`plane_inputs` as exact integers in the dtype the product was computed in. When
     every d_p is a power of two (binary codes), floor(d_p S 2^e) is computed in that float
     dtype: d_p 2^e only rescales the exact integer S by a power of two (exact), and the floor
-    of an exact value is exact."""
+    of an exact value is exact. ``dropped``: receives the fractions the floors dropped,
+    sum_p (d_p S 2^e - floor(d_p S 2^e)), float64 (N, *out_shape) (for the floor-bias pass)."""
     p, n = z.shape[:2]
     s = _product(proj, z.reshape(p * n, *z.shape[2:]), _max_abs(z)).reshape(p, n, *proj.out_shape)
     e = channel_exp(proj)
     if s.dtype.kind == "f" and all(int(d) > 0 and int(d) & (int(d) - 1) == 0 for d in weights):
         for i, d in enumerate(weights):
             s[i] *= (int(d) * np.exp2(e.astype(np.float64))).astype(s.dtype)
+        if dropped is not None:
+            dropped.append((s - np.floor(s)).sum(axis=0, dtype=np.float64))
         return np.floor(s, out=s)
     s = s.astype(np.int64, copy=False)
+    exact = np.empty(s.shape, np.float64) if dropped is not None else None
     for i, d in enumerate(weights):
+        if exact is not None:
+            exact[i] = (s[i] * d) * np.exp2(e.astype(np.float64))
         s[i] = floor_shift(s[i] * d, e)
+    if exact is not None:
+        dropped.append((exact - s).sum(axis=0))
     return s
 
 
@@ -406,13 +414,14 @@ def gate_code(code: Code, y: np.ndarray) -> np.ndarray:
     return np.tensordot(np.asarray(code.weights, np.int64), z.astype(np.int64), axes=1)
 
 
-def spikes_input(proj: Projection, code: Code, z: np.ndarray) -> np.ndarray:
+def spikes_input(proj: Projection, code: Code, z: np.ndarray, dropped: list | None = None) -> np.ndarray:
     """Synaptic input (N, *out_shape) into ``proj.target`` from source spikes z (K, N, *in_shape).
 
     Planes whose weights are exact multiples are folded into one product with the
     partial code (this is where level 1 differs in method from the simulator); the
     other planes go through one product together, stacked along the batch axis, and
-    are floored one by one as :func:`plane_input` does."""
+    are floored one by one as :func:`plane_input` does. ``dropped``: as in
+    :func:`_plane_values` (nothing is appended when every plane is exact)."""
     exact = [k for k, d in enumerate(code.weights) if plane_is_exact(proj.exp, d)]
     rest = [k for k in range(code.bits) if k not in exact]
     n = z.shape[1]
@@ -425,7 +434,7 @@ def spikes_input(proj: Projection, code: Code, z: np.ndarray) -> np.ndarray:
         out = np.zeros((n, *proj.out_shape), np.int64)
     if rest:
         planes = z[rest[0]:rest[-1] + 1] if rest == list(range(rest[0], rest[-1] + 1)) else z[rest]
-        vals = _plane_values(proj, [code.weights[k] for k in rest], planes)
+        vals = _plane_values(proj, [code.weights[k] for k in rest], planes, dropped)
         out += vals.sum(axis=0, dtype=vals.dtype if vals.dtype == np.int64 else np.float64).astype(np.int64)
     return out
 
