@@ -133,6 +133,10 @@ def main(debug):
               help="Build a ReLU-like fitted unit (SiLU, GELU, softplus, ELU, hardswish) as a K-bit ReLU ADC plus "
                    "segments of the small residual f - relu where that takes fewer neurons: about half the neurons "
                    "at K=8, about half a step more error (docs/onnx-support.md).")
+@click.option("--product", type=click.Choice(["squares", "gated"]), default="squares", show_default=True,
+              help="A product x * s with s one value per channel (squeeze-excitation): squares = two fitted square "
+                   "units, x s = u^2 - v^2; gated = s's K binary digits gate K ADCs of x (K^2 neurons per element, "
+                   "K more steps on s's path; docs/onnx-support.md).")
 @click.option("--bias-correction", default=32, show_default=True, type=click.IntRange(0), metavar="N",
               help="Compensate, in every neuron's bias, the mean of what the integer plane floors drop, measured "
                    "on the first N calibration inputs (the correct_floor_bias pass, docs/optimizer.md); 0: off.")
@@ -161,14 +165,14 @@ def main(debug):
 @click.option("--dump-after", "dump_after", multiple=True, metavar="PASS",
               help="Print the IR after PASS (repeatable; 'all': after every pass) to stderr, or into --dump-dir. "
                    "Passes: import, drop_dead_gates, relay_input (only when a fitted unit's input does not fit the "
-                   "accumulator), expand_fitted (tensor IR); lower, fold_constant_populations, "
+                   "accumulator), expand_products, expand_fitted (tensor IR); lower, fold_constant_populations, "
                    "drop_dead_populations, schedule_asap, choose_structures (with a budget), correct_floor_bias (integer IR, in the text "
                    "form `amosc assemble` reads).")
 @click.option("--dump-dir", type=click.Path(file_okay=False),
               help="Write each --dump-after IR to DIR/NN-PASS.air (integer IR) or DIR/NN-PASS.tir (tensor IR), "
                    "NN the pass's position in the pipeline, instead of stderr.")
 def compile(model, calib, output, bits, calibration, percentile, rounding, granularity, weight_bits,  # noqa: A001
-            maxpool, fit_tolerance, relu_split, bias_correction, max_neurons, max_memory, strict, latency_budget, neuron_budget, max_drop,
+            maxpool, fit_tolerance, relu_split, product, bias_correction, max_neurons, max_memory, strict, latency_budget, neuron_budget, max_drop,
             val_input, labels, dump_after, dump_dir):
     """Compile an ONNX MODEL into an AMOS program (.amos)."""
     import warnings
@@ -182,7 +186,7 @@ def compile(model, calib, output, bits, calibration, percentile, rounding, granu
 
     opts = Options(bits=bits, calibration=calibration, percentile=percentile, rounding=rounding,
                    granularity=granularity, weight_bits=int(weight_bits), maxpool=maxpool, fit_tolerance=fit_tolerance,
-                   relu_split=relu_split, bias_correction=bias_correction)
+                   relu_split=relu_split, product=product, bias_correction=bias_correction)
     limits = Limits(**{k: v for k, v in (("max_neurons", max_neurons), ("max_memory", max_memory)) if v})
     output = output or os.path.splitext(model)[0] + ".amos"
     check_output(output, [model, calib])

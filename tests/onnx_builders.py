@@ -117,6 +117,19 @@ def mlp(sizes=(20, 16, 12, 4), seed=0):
     return b.model(h, sizes[-1])
 
 
+def se_cnn(seed=11):
+    """A ReLU map (4, 8, 8) times a squeeze-excitation gate (4, 1, 1) (GAP, 1x1 conv, ReLU,
+    1x1 conv, Sigmoid), GAP, Linear(4 -> 3)."""
+    b = GraphBuilder((1, 8, 8), seed)
+    h = b.relu(b.bn(b.conv("x", 1, 4), 4))
+    s = b.node("GlobalAveragePool", [h])
+    s = b.relu(b.conv(s, 4, 2, k=1, pad=0))
+    s = b.node("Sigmoid", [b.conv(s, 2, 4, k=1, pad=0)])
+    h = b.node("Mul", [h, s])                          # (4, 8, 8) * (4, 1, 1)
+    h = b.node("Flatten", [b.node("GlobalAveragePool", [h])], axis=1)
+    return b.model(b.gemm(h, 4, 3), 3)
+
+
 def save(model, path):
     onnx.save(model, str(path))
     return str(path)

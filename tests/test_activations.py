@@ -300,14 +300,8 @@ def test_padded_maxpool_on_signed_input_is_a_clear_error(tmp_path):
 
 
 def test_squeeze_excitation_product_of_activations(tmp_path):
-    b = GraphBuilder((1, 8, 8), 11)
-    h = b.relu(b.bn(b.conv("x", 1, 4), 4))
-    s = b.node("GlobalAveragePool", [h])
-    s = b.relu(b.conv(s, 4, 2, k=1, pad=0))
-    s = b.node("Sigmoid", [b.conv(s, 2, 4, k=1, pad=0)])
-    h = b.node("Mul", [h, s])                          # (4, 8, 8) * (4, 1, 1)
-    h = b.node("Flatten", [b.node("GlobalAveragePool", [h])], axis=1)
-    path = save(b.model(b.gemm(h, 4, 3), 3), tmp_path / "se.onnx")
+    from onnx_builders import se_cnn
+    path = save(se_cnn(), tmp_path / "se.onnx")
     x = structured_inputs((1, 8, 8), 60, seed=4)
     ref = _ort(path, x)
     fg = import_model(path)

@@ -48,7 +48,7 @@ def expand_fitted(fg: TensorGraph, ranges: dict, bits: int, balance: dict | None
         expr = balanced.pop(gate.name, None) or _rewire(gate.expr, replaced)
         if gate.partner is not None and balance and gate.name in balance:
             u, v = expr, _rewire(by_name[gate.partner].expr, replaced)
-            a = np.asarray(balance[gate.name], np.float64)
+            a = np.asarray(getattr(balance[gate.name], "a", balance[gate.name]), np.float64)
             alpha, beta = (a + 1 / a) / 2, (a - 1 / a) / 2
             expr = _mix(u, alpha, v, beta)
             balanced[gate.partner] = _mix(u, beta, v, alpha)
@@ -126,4 +126,121 @@ def _rewire(e: Expr, replaced: dict) -> Expr:
                 L.accumulate(maps, relu[0], L.compose(m, L.Scale(m.in_shape, m.in_shape, relu[1])))
             m = L.compose(m, csum)
         L.accumulate(maps, src, m)
+    return Expr(e.shape, maps, bias)
+
+
+def expand_products(fg: TensorGraph, balance: dict, bits: int, rounding: str = "round") -> TensorGraph:
+    """Replace every product square pair whose factor s is one value per channel
+    (``Gate.factors``: squeeze-excitation's x * s) by the **gated product circuit**, after
+    calibration (``balance[u]``: a :class:`~.pipeline.PairCalibration` with the per-channel
+    ranges [x_lo, x_hi] of x and [s_lo, s_hi] of s).
+
+    With x' = x - x_lo in [0, X] and s' = (s - s_lo) / S in [0, 1]:
+
+        x * s = s_lo x + x_lo (s - s_lo) + S x' s',     x' s' ~ sum_j 2^-j relu(x' + X b_j - X)
+
+    b_j (j = 1..K) are the binary digits of s' rounded to K bits, one 1-bit gate per channel each,
+    in a chain (``<u>_bit<j>``: b_j = [2^(j-1) s'' - sum_{i<j} 2^(j-1-i) b_i >= 1/2], s'' = s' +
+    2^-(K+1)); relu(x' + X b_j - X) is x' where b_j = 1 and 0 where b_j = 0 (x' <= X), a K-bit
+    ADC gate on [0, X] per element (``<u>_and<j>``). The first two terms are linear in the
+    factors and go to the readers as they are. Neurons: K per channel for the digits and K^2 per
+    element, against the two square banks' segments; error: the K-bit ADCs' rounding weighted by
+    S 2^-j (about half an output step of x times S) plus x' times s's rounding to K bits
+    (at most X S 2^-(K+1)); x outside its calibrated range leaks (b_j = 0 passes relu(x' - X)).
+    Latency: K more steps on s's path (the digit chain). Every reader of the pair reads it as
+    u - v (the importer's x y = u^2 - v^2); the substitution checks that."""
+    pairs = {g.name: g for g in fg.gates
+             if g.factors is not None and g.name in (balance or {}) and balance[g.name].x_range is not None}
+    if not pairs:
+        return fg
+    partner = {g.name: g.partner for g in pairs.values()}
+    shapes = {g.name: tuple(g.shape) for g in fg.gates}
+    subst: dict = {}   # gate -> expression of its value for its readers (None: read as zero)
+    gates = []
+    for gate in fg.gates:
+        if gate.name in subst:
+            continue
+        expr = _substitute(gate.expr, subst, partner, shapes, gate.name)
+        if gate.name in pairs:
+            x, s = (_substitute(e, subst, partner, shapes, gate.name) for e in gate.factors)
+            new, product = _gated_product(gate, x, s, balance[gate.name], gate.bits or bits, rounding)
+            gates.extend(new)
+            subst[gate.name], subst[gate.partner] = product, None
+            continue
+        gates.append(_with_expr(gate, expr))
+    readout = _substitute(fg.readout, subst, partner, shapes, "the readout")
+    return replace(fg, gates=gates, readout=readout)
+
+
+def _times(e: Expr, c) -> Expr:
+    """c * e with per-channel factors c (C,)."""
+    return e.apply(L.Scale(e.shape, e.shape, np.broadcast_to(np.asarray(c, np.float64), (e.shape[0],)).copy()))
+
+
+def _broadcast(shape_s: tuple, shape: tuple) -> L.LinearMap:
+    """(C, 1, 1) -> (C, H, W): every position of channel c takes element c."""
+    import scipy.sparse as sp
+    n = int(np.prod(shape))
+    cols = np.repeat(np.arange(shape[0]), n // shape[0])
+    return L.sparse_map(shape_s, shape, sp.csr_matrix((np.ones(n), (np.arange(n), cols)), shape=(n, shape[0])))
+
+
+def _gated_product(gate: Gate, x: Expr, s: Expr, pc, k: int, rounding: str):
+    """(the circuit's gates, the product's expression) for :func:`expand_products`."""
+    shape, c = tuple(gate.shape), gate.shape[0]
+    shape_s = (c, 1, 1)
+    (xlo, xhi), (slo, shi) = ((np.asarray(a, np.float64) for a in r) for r in (pc.x_range, pc.s_range))
+    big_x = np.where(xhi > xlo, xhi - xlo, 1.0)     # a constant channel: x' = 0, any range will do
+    big_s = np.where(shi > slo, shi - slo, 1.0)
+    # s'' = (s - s_lo) / S + 2^-(K+1); the digits of s'' truncated are those of s' rounded
+    s2 = _times(s, 1.0 / big_s)
+    s2 = Expr(shape_s, s2.maps, s2.bias + L.per_channel(-slo / big_s + 2.0 ** -(k + 1), shape_s))
+    lift = 0.5 if rounding == "floor" else 0.0       # b = [z >= 1/2] under either ADC rounding
+    ones = np.ones(c)
+    digits: list = []
+    for j in range(1, k + 1):
+        z = s2.scaled(2.0 ** (j - 1))
+        for i, b in enumerate(digits, start=1):
+            z = z.plus(Expr(shape_s, {b.name: L.identity(shape_s)}, np.zeros(shape_s)), -(2.0 ** (j - 1 - i)))
+        z = Expr(shape_s, z.maps, z.bias + lift)
+        # a 1-bit ADC on [0, 1] (its float value in the tensor IR is the relaxation clip(z, 0, 1))
+        digits.append(Gate(f"{gate.name}_bit{j}", shape_s, z, "digit", 1.0, "", "", gate.node,
+                           fixed_alpha=ones, bits=1, weight_bits=gate.weight_bits))
+    bcast = _broadcast(shape_s, shape)
+    xp = Expr(shape, x.maps, x.bias - L.per_channel(xlo, shape))
+    ands = []
+    for j, b in enumerate(digits, start=1):
+        gated = {b.name: L.compose(L.Scale(shape, shape, big_x), bcast)}
+        e = xp.plus(Expr(shape, gated, -np.broadcast_to(L.per_channel(big_x, shape), shape)))
+        ands.append(Gate(f"{gate.name}_and{j}", shape, e, "gated", None, "", "", gate.node,
+                         fixed_alpha=big_x, bits=gate.bits, weight_bits=gate.weight_bits))
+    product = _times(x, slo).plus(_times(s.apply(bcast), xlo))
+    product = Expr(shape, product.maps, product.bias - np.broadcast_to(L.per_channel(xlo * slo, shape), shape))
+    for j, r in enumerate(ands, start=1):
+        product = product.plus(Expr(shape, {r.name: L.Scale(shape, shape, big_s * 2.0 ** -j)}, np.zeros(shape)))
+    return [*digits, *ands], product
+
+
+def _substitute(e: Expr, subst: dict, partner: dict, shapes: dict, where: str) -> Expr:
+    """``e`` with every gate in ``subst`` replaced by its expression (None: dropped). A reader of a
+    product pair (u, v) must read it as u - v: its map from v is minus its map from u (checked on
+    a random input), so u's map applied to the product and v's dropped give the same value."""
+    if not any(src in subst for src in e.maps):
+        return e
+    from ..errors import IRError
+    for u, v in partner.items():
+        if u in e.maps or v in e.maps:
+            mu, mv = e.maps.get(u), e.maps.get(v)
+            probe = np.random.default_rng(0).standard_normal((1, *shapes[u]))
+            if mu is None or mv is None or not np.allclose(mu.apply(probe), -mv.apply(probe), rtol=1e-9, atol=1e-9):
+                raise IRError(f"{where}: reads the product squares {u!r}, {v!r} other than as their difference")
+    maps, bias = {}, np.array(e.bias, np.float64)
+    for src, m in e.maps.items():
+        rep = subst.get(src, False)
+        if rep is False:
+            L.accumulate(maps, src, m)
+        elif rep is not None:
+            bias = bias + m.apply(np.asarray(rep.bias, np.float64)[None])[0]
+            for s2, m2 in rep.maps.items():
+                L.accumulate(maps, s2, L.compose(m, m2))
     return Expr(e.shape, maps, bias)

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import IRError, RangeError
 from ..ir.nodes import BIAS_LIMIT, GatePop, InputPop, Program
-from ..ir.semantics import bit_planes, encode_input, eval_chunk, gate_code, join, spikes_input, unit_spikes
+from ..ir.semantics import EVAL_MEMORY, bit_planes, encode_input, eval_chunk, gate_code, join, spikes_input, unit_spikes
 from ..ir.verify import check_ranges
 
 #: Calibration inputs the pass measures on by default (``--bias-correction``).
@@ -65,8 +65,8 @@ class FloorBiasReport:
 def correct_floor_bias(program: Program, x: np.ndarray, images: int = DEFAULT_IMAGES):
     """(program with floor-compensated biases, :class:`FloorBiasReport`). ``x``: float inputs
     (N, *input_shape); the first ``images`` of them are used, fewer (at least one) when the
-    program's level-1 working set for that many exceeds :func:`~amosc.ir.semantics.eval_chunk`'s
-    memory target or its stored synapses times the inputs exceed :data:`WORK_BUDGET`; the
+    program's level-1 working set for that many exceeds a quarter of
+    :func:`~amosc.ir.semantics.eval_chunk`'s memory target or its stored synapses times the inputs exceed :data:`WORK_BUDGET`; the
     program's options record how many. ``images`` = 0 returns the program unchanged."""
     report = FloorBiasReport()
     if program.options.get("bias_correction"):
@@ -75,7 +75,8 @@ def correct_floor_bias(program: Program, x: np.ndarray, images: int = DEFAULT_IM
     if int(images) <= 0 or not len(x):
         return program, report
     synapses = sum(pr.synapses for pr in program.projections)
-    n = max(1, min(int(images), len(x), eval_chunk(program), WORK_BUDGET // max(synapses, 1)))
+    # a quarter of level 1's memory target: the pass also holds the dropped fractions (float64)
+    n = max(1, min(int(images), len(x), eval_chunk(program, EVAL_MEMORY // 4), WORK_BUDGET // max(synapses, 1)))
     x = x[:n]
     report.images = n
     pops = list(program.populations)
@@ -95,9 +96,12 @@ def correct_floor_bias(program: Program, x: np.ndarray, images: int = DEFAULT_IM
         for name in [s for s, last in last_use.items() if last == i]:
             spikes.pop(name, None)
         if dropped:
-            lost = sum(dropped)
+            lost = dropped[0]
+            for more in dropped[1:]:
+                lost += more
             # the mean of what the floors dropped, after the max of a pooling unit's compartments
-            gap = join(pop, a + lost) - join(pop, a.astype(np.float64))
+            gap = lost if getattr(pop, "compartments", 1) == 1 else join(pop, a + lost) - join(pop, a.astype(np.float64))
+            del dropped
             per_channel = np.rint(gap.mean(axis=tuple(j for j in range(gap.ndim) if j != 1)))
             pop, why = _corrected(program, pops, i, per_channel)
             if why:

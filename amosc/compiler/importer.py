@@ -424,12 +424,17 @@ class _Importer:
                 root, fn = got
                 return self.gate(node, root, fn.canonical(), fn=fn, pre_tensor="")
         # x * y = ((x + y) / 2)^2 - ((x - y) / 2)^2: two fitted square units
+        factors = None
+        for a, b in ((x, y), (y, x)):   # one value per channel times a map: a gated circuit may replace them
+            if len(a.shape) == 3 and tuple(b.shape) == (a.shape[0], 1, 1) and a.shape[1] * a.shape[2] > 1:
+                factors = (a, b)
         x, y = self.broadcast(node, x, y)
         sq = ScalarFn("square")
         p = self.gate(node, x.plus(y).scaled(0.5), "square", fn=sq, pre_tensor="", tensor="", suffix="sum")
         m = self.gate(node, x.plus(y, -1.0).scaled(0.5), "square", fn=sq, pre_tensor="", tensor="",
                       suffix="diff")
         self.gates[p.gate].partner = m.gate
+        self.gates[p.gate].factors = factors
         return p.plus(m, -1.0)
 
     def op_Div(self, node, a):

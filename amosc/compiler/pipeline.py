@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .. import __version__
@@ -12,7 +14,7 @@ from ..ir.verify import verify
 from . import resources
 from .calibrate import (NormStats, channel_rows, check_calibration, check_input_array, check_raw_calibration,
                         mse_fn_range, scale_from)
-from .expand import expand_fitted as expand
+from .expand import expand_fitted as expand, expand_products as expand_gated
 from .floor_bias import correct_floor_bias
 from .importer import import_model
 from .passes import DEFAULT_PASSES
@@ -22,7 +24,8 @@ from .structures import apply_plan, optimize, program_nodes
 from .tensor_passes import IMPORT_PASSES, relay_input as _relay_input, run_tensor_passes
 
 #: Every pass ``compile_model(dump=...)`` reports, in pipeline order (tensor IR, then integer IR).
-PASS_NAMES = ("import", *(p.__name__ for p in IMPORT_PASSES), "relay_input", "expand_fitted", "lower",
+PASS_NAMES = ("import", *(p.__name__ for p in IMPORT_PASSES), "relay_input", "expand_products", "expand_fitted",
+              "lower",
               *(p.__name__ for p in DEFAULT_PASSES), "choose_structures", "correct_floor_bias")
 
 MAX_CALIB_VALUES = 4_000_000  # per tensor; larger tensors are subsampled deterministically
@@ -69,8 +72,9 @@ def calibrate(fg, calib: np.ndarray, opts: Options, precisions=None):
     """Ranges of every gate from the imported float graph run on the calibration data:
     ``alphas[name]`` (per-channel upper range of ReLU-family gates), ``ranges[name]``
     ((lo, hi) of a fitted gate's input per channel, see :func:`fitted_range`; of the
-    balanced input for product squares) and ``balance[name]`` (per-channel factor of a
-    product's square pair, see :func:`balance_pair`). A gate's range is set for its own K
+    balanced input for product squares) and ``balance[name]`` (a :class:`PairCalibration`: the
+    per-channel factor of a product's square pair, see :func:`balance_pair`, and its factors'
+    ranges). A gate's range is set for its own K
     (``gate.bits``, else ``opts.bits``); with ``precisions`` (a list of K) the float graph runs
     once and {K: (alphas, ranges, balance, in_range)} is returned, every gate without its own
     bits calibrated for that K (for :mod:`.precision`)."""
@@ -101,8 +105,12 @@ def calibrate(fg, calib: np.ndarray, opts: Options, precisions=None):
     balance = {}
     for g in fg.gates:
         if g.partner is not None:
-            balance[g.name], u, w = balance_pair(np.concatenate(samples[g.name]),
-                                                 np.concatenate(samples[g.partner]))
+            u, v = np.concatenate(samples[g.name]), np.concatenate(samples[g.partner])
+            ranges_xs = None
+            if g.factors is not None:   # x = u + v and s = u - v, per channel (for a gated product)
+                ranges_xs = tuple((r.min(axis=1), r.max(axis=1)) for r in (channel_rows(u + v), channel_rows(u - v)))
+            a, u, w = balance_pair(u, v)
+            balance[g.name] = PairCalibration(a, *(ranges_xs or (None, None)))
             samples[g.name], samples[g.partner] = [u], [w]
     for g in fg.gates:
         if g.name in samples:
@@ -131,6 +139,16 @@ def calibrate(fg, calib: np.ndarray, opts: Options, precisions=None):
     if precisions is None:
         return at(opts.bits)
     return {k: at(k) for k in precisions}
+
+
+@dataclass(frozen=True)
+class PairCalibration:
+    """What calibration found for a product's square pair: ``a`` the per-channel balance factor
+    (:func:`balance_pair`); for a product with a per-channel factor (``Gate.factors``) the
+    per-channel (lo, hi) of x and of s over the calibration data (for :func:`.expand.expand_products`)."""
+    a: np.ndarray
+    x_range: tuple | None = None
+    s_range: tuple | None = None
 
 
 def balance_pair(u: np.ndarray, v: np.ndarray):
@@ -313,9 +331,12 @@ def build(fg, n_calib: int, calibration: tuple, opts: Options, limits: Limits, d
     (per-layer K, see :mod:`.precision`) overrides ``opts.bits``."""
     alphas, ranges, balance, in_range = calibration
 
+    def expand_products(g):   # SE products as gated circuits (--product gated), else the square pairs stay
+        return expand_gated(g, balance, opts.bits, opts.rounding) if opts.product == "gated" else g
+
     def expand_fitted(g):
         return expand(g, ranges, opts.bits, balance, opts.fit_tolerance, opts.relu_split)
-    fg = run_tensor_passes(fg, [expand_fitted], dump)
+    fg = run_tensor_passes(fg, [expand_products, expand_fitted], dump)
     est = resources.estimate(fg, opts.bits, opts.weight_bits, n_calib, calib_batch(fg))
     resources.check(est, limits, "fitted units expanded into their segments")
     program = lower(fg, alphas, in_range, opts)
@@ -325,7 +346,7 @@ def build(fg, n_calib: int, calibration: tuple, opts: Options, limits: Limits, d
                        "percentile": opts.percentile, "rounding": opts.rounding,
                        "granularity": opts.granularity, "weight_bits": opts.weight_bits,
                        "maxpool": opts.maxpool, "fit_tolerance": opts.fit_tolerance,
-                       "relu_split": opts.relu_split}
+                       "relu_split": opts.relu_split, "product": opts.product}
     program.provenance = {"source": fg.path.rsplit("/", 1)[-1], "sha256": fg.sha256,
                           "opset": fg.opset, "amosc": __version__, "input_name": fg.input_name,
                           "output_name": fg.output_name, "softmax": fg.softmax or "",

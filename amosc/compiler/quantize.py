@@ -43,6 +43,7 @@ class Options:
     fit_tolerance: float = CHORD_TOLERANCE  # fitted units' chord error, in output steps
     relu_split: bool = False         # ReLU-like fitted units may be a ReLU ADC + residual segments
     bias_correction: int = 32        # calibration inputs the floor-bias pass measures on (0: off)
+    product: str = "squares"         # or "gated": x * s with s per channel as a digit-gated circuit
 
     def __post_init__(self):
         from ..errors import AmoscError
@@ -62,6 +63,8 @@ class Options:
             raise AmoscError(f"fit_tolerance must be in (0, 1] output steps, got {self.fit_tolerance}")
         if not (isinstance(self.bias_correction, int) and self.bias_correction >= 0):
             raise AmoscError(f"bias_correction must be a number of inputs >= 0, got {self.bias_correction!r}")
+        if self.product not in ("squares", "gated"):
+            raise AmoscError(f"product must be 'squares' or 'gated', got {self.product!r}")
         if self.maxpool not in MAXPOOL_MODES:
             raise AmoscError(f"maxpool must be one of {MAXPOOL_MODES}, got {self.maxpool!r}")
 

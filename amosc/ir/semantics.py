@@ -323,8 +323,11 @@ def _plane_values(proj: Projection, weights, z: np.ndarray, dropped: list | None
     if s.dtype.kind == "f" and all(int(d) > 0 and int(d) & (int(d) - 1) == 0 for d in weights):
         for i, d in enumerate(weights):
             s[i] *= (int(d) * np.exp2(e.astype(np.float64))).astype(s.dtype)
-        if dropped is not None:
-            dropped.append((s - np.floor(s)).sum(axis=0, dtype=np.float64))
+        if dropped is not None:   # plane by plane: no temporary of all the planes
+            total = np.zeros(s.shape[1:], np.float64)
+            for plane in s:
+                total += plane - np.floor(plane)
+            dropped.append(total)
         return np.floor(s, out=s)
     s = s.astype(np.int64, copy=False)
     exact = np.empty(s.shape, np.float64) if dropped is not None else None

@@ -91,6 +91,10 @@ class Gate:
     #: a product's pair of square units u^2 - v^2 (u = (x + y) / 2, v = (x - y) / 2): the
     #: u gate names the v gate; calibration balances the pair per channel (see expand.py)
     partner: str | None = None
+    #: a product x * s whose factor s is one value per channel (squeeze-excitation): (x, s), x an
+    #: expression of the gate's shape (C, H, W), s of shape (C, 1, 1); set on the square pair's
+    #: u gate, so that a gated product circuit can replace the pair (expand.expand_products)
+    factors: tuple | None = None
     #: m > 1: lateral-inhibition pooling, the gate is the max of m compartments; ``expr`` has
     #: shape (C * m, ...) with compartment i of channel c at c * m + i
     compartments: int = 1
@@ -217,6 +221,14 @@ def verify_graph(g: TensorGraph) -> None:
         if gate.name in shapes:
             raise IRError(f"{where}: the name is used twice (or is the input's)")
         _check_expr(where, gate.expr, shapes)
+        if gate.factors is not None:
+            x, sc = gate.factors
+            if gate.partner is None or len(gate.shape) != 3 or tuple(x.shape) != tuple(gate.shape) \
+                    or tuple(sc.shape) != (gate.shape[0], 1, 1):
+                raise IRError(f"{where}: a product's factors (x {tuple(x.shape)}, s {tuple(sc.shape)}) belong to "
+                              f"the u gate of a square pair of shape (C, H, W), s of shape (C, 1, 1)")
+            _check_expr(f"{where} factor x", x, shapes)
+            _check_expr(f"{where} factor s", sc, shapes)
         m = int(gate.compartments)
         if m < 1:
             raise IRError(f"{where}: compartments must be >= 1, got {m}")
@@ -315,6 +327,10 @@ def dumps(g: TensorGraph) -> str:
         out.append(f"  gate {gate.name} {_fmt_shape(gate.shape)} = {act}"
                    + (f"  ; onnx {gate.tensor!r}" if gate.tensor else ""))
         out += _dump_expr(gate.expr)
+        if gate.factors is not None:
+            for label, e in zip(("x", "s"), gate.factors):
+                out.append(f"    factor {label} {_fmt_shape(e.shape)}")
+                out += ["  " + line for line in _dump_expr(e)]
     out.append(f"  readout {_fmt_shape(g.readout.shape)}" + (f" then {g.softmax}" if g.softmax else "")
                + f"  ; onnx {g.output_name!r}")
     out += _dump_expr(g.readout)
