@@ -458,12 +458,15 @@ def report(program, target, inp, fmt, limit):
                    "more neurons-vs-agreement points for models with fitted activations.")
 @click.option("--relu-split", "relu_split", type=click.Choice(["off", "on", "both"]), default="off",
               show_default=True, help="Compile ReLU-like fitted units plain, split (ReLU ADC + residual), or both.")
+@click.option("--product", "product", type=click.Choice(["squares", "gated", "both"]), default="squares",
+              show_default=True, help="Compile per-channel products (squeeze-excitation) as square pairs, gated "
+                                      "circuits, or both (see compile --product).")
 @click.option("--bias-correction", default=32, show_default=True, type=click.IntRange(0), metavar="N",
               help="Compensate, in every neuron's bias, the mean of what the integer plane floors drop, measured "
                    "on the first N calibration inputs (the correct_floor_bias pass, docs/optimizer.md); 0: off.")
 @_limit_option
 def explore(model, calib, val_input, labels, bits, target, max_points, output, json_out, fit_tolerances,
-            relu_split, bias_correction, limit):
+            relu_split, product, bias_correction, limit):
     """The latency / neurons / agreement front of MODEL over gate structures (and K): a table,
     a plot and a JSON list of points (docs/optimizer.md)."""
     import json
@@ -482,8 +485,9 @@ def explore(model, calib, val_input, labels, bits, target, max_points, output, j
             raise click.BadParameter(f"{fit_tolerances!r}: each tolerance must be in (0, 1]",
                                      param_hint="'--fit-tolerance'")
     splits = {"off": [None], "on": [True], "both": [None, True]}[relu_split]
-    variants = [{k: v for k, v in (("fit_tolerance", t), ("relu_split", r)) if v is not None}
-                for t in tols for r in splits]
+    products = {"squares": [None], "gated": ["gated"], "both": [None, "gated"]}[product]
+    variants = [{k: v for k, v in (("fit_tolerance", t), ("relu_split", r), ("product", q)) if v is not None}
+                for t in tols for r in splits for q in products]
     for path, what in ((output, "-o"), (json_out, "--json")):
         if path:
             check_output(path, [model, calib, val_input, labels], what)

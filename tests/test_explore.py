@@ -108,3 +108,21 @@ def test_explore_compiles_fitted_unit_variants_as_more_points(tmp_path):
     bad = invoke("explore", model, "--calib", tmp_path / "c.npy", "--val-input", tmp_path / "x.npy",
                  "--fit-tolerance", "0.1,2")
     assert bad.exit_code == 2 and "each tolerance must be in (0, 1]" in bad.output
+
+
+def test_explore_compiles_products_both_ways(tmp_path):
+    from onnx_builders import se_cnn
+    model = save(se_cnn(), tmp_path / "se.onnx")
+    x = structured_inputs((1, 8, 8), 70, seed=4)
+    np.save(tmp_path / "c.npy", x[:40])
+    np.save(tmp_path / "x.npy", x[40:])
+    r = invoke("explore", model, "--calib", tmp_path / "c.npy", "--val-input", tmp_path / "x.npy", "--bits", 5,
+               "--max-points", 2, "--product", "both", "--json", tmp_path / "f.json")
+    assert r.exit_code == 0, r.output
+    pts = json.loads((tmp_path / "f.json").read_text())
+    assert {p["options"] for p in pts} == {"", "--product gated"}
+    gated = [p for p in pts if p["options"] == "--product gated"]
+    plain = [p for p in pts if p["options"] == ""]
+    # the digit chain adds K steps on the gate's path
+    assert min(p["latency_steps"] for p in gated) > min(p["latency_steps"] for p in plain)
+

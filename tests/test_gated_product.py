@@ -77,10 +77,8 @@ def test_the_digits_are_s_rounded_to_k_bits_and_the_product_is_within_its_bound(
     got = sum(d * 2 ** (K - 1 - j) for j, d in enumerate(digits))
     sp = (s - slo) / big_s
     want = np.clip(np.floor(sp * 2**K + 0.5), 0, 2**K - 1)
-    # the chain reads s through its code planes' floors: a digit may round the other way within a
-    # quarter of the last digit's weight of a rounding boundary, never further
-    near = np.abs(sp * 2**K + 0.5 - np.round(sp * 2**K + 0.5)) < 0.25
-    assert np.all((got == want) | (near & (np.abs(got - want) == 1))) and (got == want).mean() > 0.8
+    near = np.abs(sp * 2**K + 0.5 - np.round(sp * 2**K + 0.5)) < 1e-3   # on a rounding boundary
+    assert np.all((got == want) | near) and (got == want).mean() > 0.95
     # the product the readers get, against x * s of the program's own decoded factors
     ands = sorted(_names(prog, "_and"), key=lambda n: int(n.rsplit("and", 1)[1]))
     r = sum(decode(prog.pop(a), codes[a]) * 2.0 ** -(j + 1) for j, a in enumerate(ands))
@@ -88,7 +86,7 @@ def test_the_digits_are_s_rounded_to_k_bits_and_the_product_is_within_its_bound(
     product = slo.reshape(c) * x + xlo.reshape(c) * (s - slo)[..., None, None] + big_s.reshape(c) * r
     exact = x * s[..., None, None]
     step = big_x / (2**K - 1)
-    bound = big_s * step / 2 + big_x * big_s * 0.75 * 2.0 ** -K + 1e-6   # s' rounded within 3/4 of a digit
+    bound = big_s * step / 2 + big_x * big_s * 2.0 ** -(K + 1) + 1e-6
     assert np.all(np.abs(product - exact) <= bound.reshape(c))
 
 

@@ -28,6 +28,9 @@ from .importer import MAXPOOL_MODES
 
 MARGIN = 0.97  # head-room for mantissa rounding; the exact bound is re-checked after
 THETA_TARGET = 64  # accumulator units per output step to aim for
+#: a gated product's digit gate (1 bit, activation "digit"): its input is 2^(j-1) times s's
+#: residue, so the plane floors' error is amplified by up to 2^(K-1); aim for finer units
+DIGIT_THETA = 4096
 THETA_MIN = 8      # below this, coarsen the few channels that limit theta instead
 
 
@@ -213,7 +216,8 @@ def lower(fg: TensorGraph, alphas: dict, input_range: tuple, opts: Options) -> P
     code_of = {"input": inp.code}
     zero_point = {"input": inp.zero_point}
 
-    def build(name, expr, shape, out_step, K=K, exact=False, compartments=1, weight_bits=opts.weight_bits):
+    def build(name, expr, shape, out_step, K=K, exact=False, compartments=1, weight_bits=opts.weight_bits,
+              theta_target=THETA_TARGET):
         """(population, projections) for a target with input ``expr``; ``out_step``: the
         gate's per-channel output step, or None for the readout. ``exact``: the steps are
         set by the circuit (segments, max units) and must not be coarsened per channel.
@@ -253,7 +257,7 @@ def lower(fg: TensorGraph, alphas: dict, input_range: tuple, opts: Options) -> P
             # theta: THETA_TARGET accumulator units per output step is plenty (the floors of a
             # few planes then cost < 1/10 step); the MSB unit's inhibition weight
             # theta * 2^(K-1) must be an 8-bit mantissa times 2^s.
-            theta = min(THETA_TARGET, WEIGHT_MAX * 2**MAX_WEIGHT_SHIFT // 2 ** (K - 1),
+            theta = min(theta_target, WEIGHT_MAX * 2**MAX_WEIGHT_SHIFT // 2 ** (K - 1),
                         int(room / (2 * maxcode)))
             cap = room / (worst / out_step + maxcode)  # per channel
             if bworst.max() > 0:
@@ -356,7 +360,8 @@ def lower(fg: TensorGraph, alphas: dict, input_range: tuple, opts: Options) -> P
             raise RangeError(f"layer {gs.name!r}: a lateral-inhibition pooling unit needs its source's "
                              "code steps (a ReLU-family activation with the same bits)")
         pop, ps = build(gs.name, gs.expr, gs.shape, out_step, bits, exact, gs.compartments,
-                        gs.weight_bits or opts.weight_bits)
+                        gs.weight_bits or opts.weight_bits,
+                        DIGIT_THETA if gs.activation == "digit" else THETA_TARGET)
         fit = gs.fit.as_dict() if gs.fit is not None else None
         pop = replace(pop, activation=gs.activation, tensor=gs.tensor, fit=fit)
         pops.append(pop)
