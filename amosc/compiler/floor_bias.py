@@ -66,8 +66,9 @@ def correct_floor_bias(program: Program, x: np.ndarray, images: int = DEFAULT_IM
     """(program with floor-compensated biases, :class:`FloorBiasReport`). ``x``: float inputs
     (N, *input_shape); the first ``images`` of them are used, fewer (at least one) when the
     program's level-1 working set for that many exceeds a quarter of
-    :func:`~amosc.ir.semantics.eval_chunk`'s memory target or its stored synapses times the inputs exceed :data:`WORK_BUDGET`; the
-    program's options record how many. ``images`` = 0 returns the program unchanged."""
+    :func:`~amosc.ir.semantics.eval_chunk`'s memory target or its stored synapses times the
+    inputs exceed :data:`WORK_BUDGET`; the program's options record how many. ``images`` = 0
+    returns the program unchanged."""
     report = FloorBiasReport()
     if program.options.get("bias_correction"):
         raise IRError("correct_floor_bias: the program's biases are corrected already (a second "
