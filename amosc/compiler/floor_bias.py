@@ -10,7 +10,7 @@ Inception fixture's Tanh segments: theta 3, ~70 inexact planes) reads ten and mo
 low, and the next layer sums that bias over its whole receptive field.
 
 ``correct_floor_bias`` measures the dropped fractions on calibration inputs with the
-level-1 semantics, population by population in topological order (every earlier
+level-1 semantics (its evaluation loop, with a hook per population), population by population in topological order (every earlier
 population already corrected, so a population is corrected for the codes it will really
 receive), and adds to each gate's and the readout's bias, per output channel, the rounded
 mean fraction over the inputs and positions (per neuron would fit the calibration images'
@@ -33,8 +33,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import IRError, RangeError
-from ..ir.nodes import BIAS_LIMIT, GatePop, InputPop, Program
-from ..ir.semantics import EVAL_MEMORY, bit_planes, encode_input, eval_chunk, gate_code, join, spikes_input, unit_spikes
+from ..ir.nodes import BIAS_LIMIT, Program
+from ..ir.semantics import EVAL_MEMORY, eval_chunk, evaluate, join
 from ..ir.verify import check_ranges
 
 #: Calibration inputs the pass measures on by default (``--bias-correction``).
@@ -82,39 +82,24 @@ def correct_floor_bias(program: Program, x: np.ndarray, images: int = DEFAULT_IM
     report.images = n
     pops = list(program.populations)
     index = {p.name: i for i, p in enumerate(pops)}
-    spikes: dict[str, np.ndarray] = {}
-    last_use: dict[str, int] = {}
-    for pr in program.projections:
-        last_use[pr.source] = max(last_use.get(pr.source, -1), index[pr.target])
-    for i, pop in enumerate(pops):
-        if isinstance(pop, InputPop):
-            spikes[pop.name] = bit_planes(encode_input(pop, x), pop.bits)
-            continue
-        a = np.zeros((n, *pop.input_shape), np.int64)
-        dropped: list = []
-        for proj in program.incoming(pop.name):
-            a += spikes_input(proj, pops[index[proj.source]].code, spikes[proj.source], dropped)
-        for name in [s for s, last in last_use.items() if last == i]:
-            spikes.pop(name, None)
-        if dropped:
-            lost = dropped[0]
-            for more in dropped[1:]:
-                lost += more
-            # the mean of what the floors dropped, after the max of a pooling unit's compartments
-            gap = lost if getattr(pop, "compartments", 1) == 1 else join(pop, a + lost) - join(pop, a.astype(np.float64))
-            del dropped
-            per_channel = np.rint(gap.mean(axis=tuple(j for j in range(gap.ndim) if j != 1)))
-            pop, why = _corrected(program, pops, i, per_channel)
-            if why:
-                report.skipped[pop.name] = why
-            elif np.any(per_channel):
-                report.corrections[pop.name] = (float(per_channel.mean()), int(per_channel.max()))
-            pops[i] = pop
-        if isinstance(pop, GatePop) and pop.name in last_use:
-            y = pop.bias.astype(np.int64) + join(pop, a)
-            spikes[pop.name] = (bit_planes(gate_code(pop.code, y), pop.code.bits) if pop.code.is_binary()
-                                else unit_spikes(pop.code, y))
-        del a
+
+    def adjust(pop, a, dropped):
+        if not dropped:
+            return pop
+        lost = dropped[0]
+        for more in dropped[1:]:
+            lost += more
+        # the mean of what the floors dropped, after the max of a pooling unit's compartments
+        gap = lost if getattr(pop, "compartments", 1) == 1 else join(pop, a + lost) - join(pop, a.astype(np.float64))
+        per_channel = np.rint(gap.mean(axis=tuple(j for j in range(gap.ndim) if j != 1)))
+        i = index[pop.name]
+        pops[i], why = _corrected(program, pops, i, per_channel)
+        if why:
+            report.skipped[pop.name] = why
+        elif np.any(per_channel):
+            report.corrections[pop.name] = (float(per_channel.mean()), int(per_channel.max()))
+        return pops[i]
+    evaluate(program, x, adjust=adjust)
     return Program(pops, program.projections, program.input, program.output,
                    {**program.options, "bias_correction": n}, program.provenance), report
 

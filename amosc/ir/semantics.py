@@ -477,18 +477,21 @@ def eval_chunk(program: Program, memory: int = EVAL_MEMORY) -> int:
     return max(1, memory // per_image)
 
 
-def evaluate(program: Program, x: np.ndarray, spike_counts: dict | None = None) -> dict:
+def evaluate(program: Program, x: np.ndarray, spike_counts: dict | None = None, adjust=None) -> dict:
     """Level-1 evaluation of a program on float input x (N, *input_shape).
 
     Returns {population name: integer array (N, *shape)}: the codes of the input
     and gate populations and the integer y of the readout. ``spike_counts``, when
     given, receives {population: spikes per input (N,)} of the input and gates.
     The batch is evaluated :func:`eval_chunk` images at a time (every input is
-    independent of the others, so pieces give the same integers).
+    independent of the others, so pieces give the same integers). ``adjust``: see
+    :func:`_evaluate`; it sees the whole batch at once, so x may hold at most one piece.
     """
     n, step = x.shape[0], eval_chunk(program)
+    if adjust is not None and n > step:
+        raise IRError(f"evaluate with adjust takes at most {step} inputs of this program (one piece), got {n}")
     if n <= step:
-        return _evaluate(program, x, spike_counts)
+        return _evaluate(program, x, spike_counts, adjust)
     out: dict[str, np.ndarray] = {}
     counts: dict[str, np.ndarray] = {}
     for a in range(0, n, step):
@@ -504,9 +507,12 @@ def evaluate(program: Program, x: np.ndarray, spike_counts: dict | None = None) 
     return out
 
 
-def _evaluate(program: Program, x: np.ndarray, spike_counts: dict | None) -> dict:
+def _evaluate(program: Program, x: np.ndarray, spike_counts: dict | None, adjust=None) -> dict:
     """evaluate() on one piece of the batch; a population's spike planes are dropped after
-    its last target."""
+    its last target. ``adjust(pop, a, dropped)``, when given, is called for every gate and
+    readout with its synaptic input a and the fractions its plane floors dropped (the list
+    :func:`spikes_input` fills) and returns the population to go on with (the floor-bias
+    pass changes biases this way, every later population seeing the adjusted codes)."""
     out: dict[str, np.ndarray] = {}
     spikes: dict[str, np.ndarray] = {}
     order = {p.name: i for i, p in enumerate(program.populations)}
@@ -523,11 +529,15 @@ def _evaluate(program: Program, x: np.ndarray, spike_counts: dict | None) -> dic
                 spike_counts[pop.name] = _per_input(spikes[pop.name])
             continue
         a = np.zeros((x.shape[0], *pop.input_shape), np.int64)
+        dropped: list | None = [] if adjust is not None else None
         for proj in program.incoming(pop.name):
             src = program.pop(proj.source)
-            a += spikes_input(proj, src.code, spikes[proj.source])
+            a += spikes_input(proj, src.code, spikes[proj.source], dropped)
         for name in last_use.get(i, ()):
             del spikes[name]
+        if adjust is not None:
+            pop = adjust(pop, a, dropped)
+            del dropped
         y = pop.bias.astype(np.int64) + join(pop, a)
         del a
         if isinstance(pop, GatePop):
