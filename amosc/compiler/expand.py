@@ -40,15 +40,15 @@ def expand_fitted(fg: TensorGraph, ranges: dict, bits: int, balance: dict | None
     two arrays (C,) of per-channel bounds; ``split``: allow the ReLU split. ``balance[u]``: the per-channel factor a of a
     product's square pair (u, v), whose inputs become u' = alpha u + beta v and
     v' = beta u + alpha v with alpha = (a + 1/a) / 2, beta = (a - 1/a) / 2."""
-    replaced: dict[str, tuple[L.ChannelSum, np.ndarray]] = {}  # gate -> (segment sum, v_c0, ReLU part)
+    replaced: dict[str, Expr] = {}   # gate -> its value read from its segments (and ReLU part)
     balanced: dict[str, Expr] = {}
     by_name = {g.name: g for g in fg.gates}
     gates = []
     for gate in fg.gates:
-        expr = balanced.pop(gate.name, None) or _rewire(gate.expr, replaced)
+        expr = balanced.pop(gate.name, None) or _substitute(gate.expr, replaced)
         if gate.partner is not None and balance and gate.name in balance:
-            u, v = expr, _rewire(by_name[gate.partner].expr, replaced)
-            a = np.asarray(getattr(balance[gate.name], "a", balance[gate.name]), np.float64)
+            u, v = expr, _substitute(by_name[gate.partner].expr, replaced)
+            a = np.asarray(balance[gate.name].a, np.float64)
             alpha, beta = (a + 1 / a) / 2, (a - 1 / a) / 2
             expr = _mix(u, alpha, v, beta)
             balanced[gate.partner] = _mix(u, beta, v, alpha)
@@ -75,9 +75,19 @@ def expand_fitted(fg: TensorGraph, ranges: dict, bits: int, balance: dict | None
         new = Gate(gate.name, shape, seg, gate.activation, widths, gate.pre_tensor, gate.tensor,
                        gate.node, fixed_alpha=widths, bits=f.bits, fit=f, weight_bits=gate.weight_bits)
         gates.append(new)
-        replaced[gate.name] = (L.ChannelSum(shape, tuple(gate.shape), f.slopes), f.offsets,
-                               None if relu is None else (f"{gate.name}_relu", relu[1]))
-    return replace(fg, gates=gates, readout=_rewire(fg.readout, replaced))
+        replaced[gate.name] = _segment_sum(gate, shape, f, None if relu is None else (f"{gate.name}_relu", relu[1]))
+    return replace(fg, gates=gates, readout=_substitute(fg.readout, replaced))
+
+
+def _segment_sum(gate: Gate, shape: tuple, f, relu) -> Expr:
+    """The value of fitted ``gate`` read from its segment gate (same name, ``shape``): v_c0 +
+    sum_s slope_cs * segment_cs, plus s * relu_K for a ReLU split (``relu``: (its gate, s))."""
+    out = tuple(gate.shape)
+    maps = {}
+    if relu is not None:   # the ReLU split's linear part: s * relu_K
+        maps[relu[0]] = L.Scale(out, out, np.asarray(relu[1], np.float64))
+    maps[gate.name] = L.ChannelSum(shape, out, f.slopes)   # the segment gate keeps the gate's name
+    return Expr(out, maps, np.broadcast_to(L.per_channel(f.offsets, out), out))
 
 
 def _relu_split(gate: Gate, f, lo, hi, bits: int, tolerance: float):
@@ -102,31 +112,13 @@ def _relu_split(gate: Gate, f, lo, hi, bits: int, tolerance: float):
 
 def _mix(u: Expr, cu: np.ndarray, v: Expr, cv: np.ndarray) -> Expr:
     """cu * u + cv * v with per-channel factors (C,)."""
-    def times(e, c):
-        return e.apply(L.Scale(e.shape, e.shape, np.asarray(c, np.float64)))
-    return times(u, cu).plus(times(v, cv))
+    return _times(u, cu).plus(_times(v, cv))
 
 
 def _with_expr(gate: Gate, expr: Expr) -> Gate:
     if expr is gate.expr:
         return gate
     return replace(gate, expr=expr)
-
-
-def _rewire(e: Expr, replaced: dict) -> Expr:
-    if not any(src in replaced for src in e.maps):
-        return e
-    maps, bias = {}, e.bias.astype(np.float64).copy()
-    for src, m in e.maps.items():
-        if src in replaced:  # the segment gate keeps the name of the gate it replaces
-            csum, offsets, relu = replaced[src]
-            const = np.broadcast_to(L.per_channel(offsets, m.in_shape), (1, *m.in_shape))
-            bias = bias + m.apply(const)[0]
-            if relu is not None:   # the ReLU split's linear part: s * relu_K
-                L.accumulate(maps, relu[0], L.compose(m, L.Scale(m.in_shape, m.in_shape, relu[1])))
-            m = L.compose(m, csum)
-        L.accumulate(maps, src, m)
-    return Expr(e.shape, maps, bias)
 
 
 def expand_products(fg: TensorGraph, balance: dict, bits: int, rounding: str = "round") -> TensorGraph:
@@ -160,15 +152,17 @@ def expand_products(fg: TensorGraph, balance: dict, bits: int, rounding: str = "
     for gate in fg.gates:
         if gate.name in subst:
             continue
-        expr = _substitute(gate.expr, subst, partner, shapes, gate.name)
+        _check_pair_readers(gate.expr, partner, shapes, gate.name)
+        expr = _substitute(gate.expr, subst)
         if gate.name in pairs:
-            x, s = (_substitute(e, subst, partner, shapes, gate.name) for e in gate.factors)
+            x, s = (_substitute(e, subst) for e in gate.factors)
             new, product = _gated_product(gate, x, s, balance[gate.name], gate.bits or bits, rounding)
             gates.extend(new)
             subst[gate.name], subst[gate.partner] = product, None
             continue
         gates.append(_with_expr(gate, expr))
-    readout = _substitute(fg.readout, subst, partner, shapes, "the readout")
+    _check_pair_readers(fg.readout, partner, shapes, "the readout")
+    readout = _substitute(fg.readout, subst)
     return replace(fg, gates=gates, readout=readout)
 
 
@@ -221,12 +215,10 @@ def _gated_product(gate: Gate, x: Expr, s: Expr, pc, k: int, rounding: str):
     return [*digits, *ands], product
 
 
-def _substitute(e: Expr, subst: dict, partner: dict, shapes: dict, where: str) -> Expr:
-    """``e`` with every gate in ``subst`` replaced by its expression (None: dropped). A reader of a
-    product pair (u, v) must read it as u - v: its map from v is minus its map from u (checked on
-    a random input), so u's map applied to the product and v's dropped give the same value."""
-    if not any(src in subst for src in e.maps):
-        return e
+def _check_pair_readers(e: Expr, partner: dict, shapes: dict, where: str) -> None:
+    """A reader of a product pair (u, v) must read it as u - v: its map from v is minus its map
+    from u (checked on a random input), so that u's map applied to the product and v's dropped
+    give the same value."""
     from ..errors import IRError
     for u, v in partner.items():
         if u in e.maps or v in e.maps:
@@ -234,6 +226,12 @@ def _substitute(e: Expr, subst: dict, partner: dict, shapes: dict, where: str) -
             probe = np.random.default_rng(0).standard_normal((1, *shapes[u]))
             if mu is None or mv is None or not np.allclose(mu.apply(probe), -mv.apply(probe), rtol=1e-9, atol=1e-9):
                 raise IRError(f"{where}: reads the product squares {u!r}, {v!r} other than as their difference")
+
+
+def _substitute(e: Expr, subst: dict) -> Expr:
+    """``e`` with every gate in ``subst`` replaced by its expression (None: dropped, read as zero)."""
+    if not any(src in subst for src in e.maps):
+        return e
     maps, bias = {}, np.array(e.bias, np.float64)
     for src, m in e.maps.items():
         rep = subst.get(src, False)
