@@ -76,6 +76,11 @@ def _model_and_calib(f):
     return click.argument("model", type=click.Path(dir_okay=False))(f)
 
 
+_bias_correction_option = click.option(
+    "--bias-correction", default=32, show_default=True, type=click.IntRange(0), metavar="N",
+    help="Compensate, in every neuron's bias, the mean of what the integer plane floors drop, measured "
+         "on the first N calibration inputs (the correct_floor_bias pass, docs/optimizer.md); 0: off.")
+
 _limit_option = click.option("--limit", type=click.IntRange(1), default=None,
                              help="Use only the first LIMIT inputs (and labels).")
 
@@ -137,9 +142,7 @@ def main(debug):
               help="A product x * s with s one value per channel (squeeze-excitation): squares = two fitted square "
                    "units, x s = u^2 - v^2; gated = s's K binary digits gate K ADCs of x (K^2 neurons per element, "
                    "K more steps on s's path; docs/onnx-support.md).")
-@click.option("--bias-correction", default=32, show_default=True, type=click.IntRange(0), metavar="N",
-              help="Compensate, in every neuron's bias, the mean of what the integer plane floors drop, measured "
-                   "on the first N calibration inputs (the correct_floor_bias pass, docs/optimizer.md); 0: off.")
+@_bias_correction_option
 @click.option("--max-neurons", default=None, type=click.IntRange(1), show_default="16777216",
               help="Refuse (before building it) a program with more neurons than this.")
 @click.option("--max-memory", default=None, type=_size, show_default="3/4 of this machine's memory",
@@ -461,9 +464,7 @@ def report(program, target, inp, fmt, limit):
 @click.option("--product", "product", type=click.Choice(["squares", "gated", "both"]), default="squares",
               show_default=True, help="Compile per-channel products (squeeze-excitation) as square pairs, gated "
                                       "circuits, or both (see compile --product).")
-@click.option("--bias-correction", default=32, show_default=True, type=click.IntRange(0), metavar="N",
-              help="Compensate, in every neuron's bias, the mean of what the integer plane floors drop, measured "
-                   "on the first N calibration inputs (the correct_floor_bias pass, docs/optimizer.md); 0: off.")
+@_bias_correction_option
 @_limit_option
 def explore(model, calib, val_input, labels, bits, target, max_points, output, json_out, fit_tolerances,
             relu_split, product, bias_correction, limit):

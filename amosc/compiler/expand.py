@@ -1,4 +1,5 @@
-"""Expand fitted activation gates into segmented AMOS ReLU gates (after calibration).
+"""Expand fitted activation gates into segmented AMOS ReLU gates (after calibration), and
+(``expand_products``, before that) per-channel product square pairs into gated product circuits.
 
 A gate ``g`` with a scalar function f and calibrated input range [lo_c, hi_c] per
 channel c is replaced by one gate of shape (C * S, ...) whose channel c * S + s is

@@ -6,6 +6,8 @@ broke it, like the integer-level manager in :mod:`amosc.compiler.pipeline`. The 
 - ``drop_dead_gates``: remove gates nothing reads (e.g. a Sigmoid fused into a SiLU unit);
 - ``relay_input`` (during lowering, only for a fitted gate whose input does not fit the
   accumulator): the gate reads its pre-activation through two ReLU relay gates;
+- ``expand_products`` (:mod:`.expand`, after calibration, with ``--product gated``): replace a
+  product square pair whose factor is one value per channel by the gated product circuit;
 - ``expand_fitted`` (:mod:`.expand`, after calibration): replace every fitted gate by its
   ADC segments and re-mix the inputs of balanced product square pairs.
 """
