@@ -352,6 +352,8 @@ def test_balanced_square_pair_keeps_the_product_and_shrinks_its_error(tmp_path):
         opts = Options(bits=4, calibration="max")
         _, ranges, balance, _ = calibrate(fg, xs, opts)
         assert len(balance) == 1
+        # float_eval does not round: the units without their rounding-aware mean correction
+        ranges = {k: (r.lo, r.hi) for k, r in ranges.items()}
         if not balanced:  # the plain pair's own ranges
             fg0 = import_model(path)
             pre = {}
@@ -503,3 +505,50 @@ def test_relu_split_builds_a_relu_gate_and_a_smaller_residual(tmp_path):
     assert all(np.array_equal(a[k], ev[k]) for k in ev)
     from amosc.ir import asm
     assert asm.equal(asm.parses(asm.dumps(split)), split)     # and the IR text form
+
+
+@pytest.mark.parametrize("op,split", [("SiLU", False), ("SiLU", True), ("GELU", False), ("GELU", True)])
+def test_fitted_unit_is_centred_on_its_calibration_sample(tmp_path, op, split):
+    """A fitted unit's error is a fixed function of its input (chords, rounding, saturation
+    outside [lo, hi]); over the values a channel takes, its mean is not zero, and the next
+    layer sums it into a bias. With a sample of each channel's input (FitRange.sample) the
+    unit's offset is set so that its mean error on the sample is zero, the ReLU split's ADC
+    part included; the correction is recorded in the fit (and so in the program)."""
+    from amosc.compiler.calibrate import FitRange
+    from amosc.compiler.expand import expand_fitted
+    path = save(_act_model(op, seed=3), tmp_path / "m.onnx")
+    fg = import_graph(path)
+    gate = next(g for g in fg.gates if g.fn is not None)
+    rng = np.random.default_rng(0)
+    lo, hi = np.array([-1.0, -0.5, -2.0, -0.8]), np.array([3.0, 5.0, 2.5, 6.0])
+    sample = rng.normal(0.4, 1.3, (4, 3000))        # a quarter or more below lo: saturated
+    k, rounding = 4, "round"
+
+    def unit(r):
+        g = expand_fitted(fg, {gate.name: r}, k, tolerance=0.5, split=split, rounding=rounding)
+        return next(gt.fit for gt in g.gates if gt.fit is not None), g
+
+    (centred, graph), (plain, _) = unit(FitRange(lo, hi, sample)), unit((lo, hi))
+    assert plain.centred is None and (centred.relu is not None) == split
+    shift = np.asarray(centred.centred)
+    np.testing.assert_allclose(centred.offsets, plain.offsets - shift, rtol=0, atol=1e-12)
+
+    def mean_error(f):   # the unit's value on the sample (the K-bit ReLU ADC of a split too)
+        v = np.stack([fc.evaluate(row, rounding) for fc, row in zip(f.fits, sample)])
+        if f.relu is not None:
+            relu = next(g for g in graph.gates if g.name == f.relu[0])
+            step = np.asarray(relu.fixed_alpha)[:, None] / (2**k - 1)
+            x0 = _kinks(relu, gate)
+            v += np.asarray(f.relu[1])[:, None] * np.clip(np.floor(np.maximum(sample - x0, 0) / step + 0.5),
+                                                          0, 2**k - 1) * step
+        return (v - gate.fn(sample)).mean(1) / np.array([fc.step for fc in f.fits])
+
+    assert np.abs(mean_error(plain)).max() > 0.1          # there was a mean error to take out
+    np.testing.assert_allclose(mean_error(centred), 0.0, atol=1e-9)
+
+
+def _kinks(relu_gate, gate):
+    """Per-channel kink x0 (C, 1) of a ReLU split: the ReLU gate's expression is the
+    gate's input minus x0 (its constant term per channel)."""
+    return (np.asarray(gate.expr.bias, np.float64) - np.asarray(relu_gate.expr.bias, np.float64)
+            ).reshape(gate.shape[0], -1)[:, :1]

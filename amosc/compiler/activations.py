@@ -184,15 +184,17 @@ class Fit:
     def widths(self) -> np.ndarray:
         return np.diff(np.asarray(self.breaks, np.float64))
 
-    def evaluate(self, x) -> np.ndarray:
-        """The unit's ideal value on float inputs: chord segments, each rounded to its
-        K_s-bit grid (what the integer circuit computes up to input quantization)."""
+    def evaluate(self, x, rounding: str = "round") -> np.ndarray:
+        """The unit's ideal value on float inputs: chord segments, each rounded (``rounding``
+        'round', or 'floor' as a truncating ADC) to its K_s-bit grid (what the integer circuit
+        computes up to input quantization)."""
         x = np.asarray(x, np.float64)
         out = np.full(x.shape, self.offset)
         levels = 2**self.bits - 1
+        half = 0.5 if rounding == "round" else 0.0
         for b, w, s in zip(self.breaks, self.widths(), self.slopes):
             step = w / levels
-            c = np.clip(np.floor((x - b) / step + 0.5), 0, levels)
+            c = np.clip(np.floor((x - b) / step + half), 0, levels)
             out = out + s * c * step
         return out
 
@@ -211,6 +213,9 @@ class LayerFit:
     #: the ReLU split's linear part (population name, slopes s (C,)): the unit is s_c times
     #: that population's value plus these segments (of f - s_c relu), see expand.py
     relu: tuple | None = None
+    #: (C,) the unit's mean error per channel on calibration data, already subtracted from
+    #: the fits' offsets (:func:`~.expand.expand_fitted`); None when not measured
+    centred: tuple | None = None
 
     @property
     def segments(self) -> int:
@@ -251,7 +256,8 @@ class LayerFit:
                 "step": max(f.step for f in self.fits),
                 "ranges": [[f.lo, f.hi] for f in self.fits], "steps": [f.step for f in self.fits],
                 "slopes": self.slopes.tolist(), "offset": self.offsets.tolist(),
-                **({"relu": {"population": self.relu[0], "slope": np.asarray(self.relu[1], float).tolist()}} if self.relu else {})}
+                **({"relu": {"population": self.relu[0], "slope": np.asarray(self.relu[1], float).tolist()}} if self.relu else {}),
+                **({"centred": [float(v) for v in self.centred]} if self.centred is not None else {})}
 
 
 def fit(fn: ScalarFn, lo: float, hi: float, bits: int, tolerance: float = CHORD_TOLERANCE) -> Fit:

@@ -6,6 +6,8 @@ comparison. Models exported with a fixed batch of 1 are run one sample at a time
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 
@@ -111,6 +113,27 @@ MSE_SAMPLES = 16384  # values per channel a range search scores (its tails exact
 def channel_rows(v: np.ndarray) -> np.ndarray:
     """Samples (N, C, ...) as one row per channel (C, N * ...)."""
     return np.moveaxis(v, 1, 0).reshape(v.shape[1], -1)
+
+
+#: calibration values kept per channel of a fitted gate for its mean-error correction
+FIT_SAMPLE = 4096
+
+
+@dataclass(frozen=True)
+class FitRange:
+    """What calibration gives a fitted gate: the per-channel input range [lo, hi] (each (C,))
+    its fit spans, and ``sample`` (C, m): calibration values of its input per channel (evenly
+    spaced, m <= :data:`FIT_SAMPLE`), on which expand_fitted measures the fitted unit's mean
+    error per channel and folds it out of the unit's offset (None: no correction)."""
+    lo: np.ndarray
+    hi: np.ndarray
+    sample: np.ndarray | None = None
+
+
+def fit_sample(v: np.ndarray) -> np.ndarray:
+    """(C, m) evenly spaced values per channel of samples v (N, C, ...), m <= FIT_SAMPLE."""
+    rows = channel_rows(v)
+    return np.ascontiguousarray(rows[:, ::-(-rows.shape[1] // FIT_SAMPLE)], np.float32)
 
 
 def _weighted_sample(v: np.ndarray, low: int, high: int):

@@ -31,14 +31,18 @@ import numpy as np
 
 from ..ir import linear as L
 from .activations import CHORD_TOLERANCE, ScalarFn, fit_layer, kink_point
+from .calibrate import FitRange
 from ..ir.tensor import Expr, Gate, TensorGraph
 
 
 def expand_fitted(fg: TensorGraph, ranges: dict, bits: int, balance: dict | None = None,
-                  tolerance: float = CHORD_TOLERANCE, split: bool = False) -> TensorGraph:
+                  tolerance: float = CHORD_TOLERANCE, split: bool = False, rounding: str = "round") -> TensorGraph:
     """Replace every fitted gate (``gate.fn``) by its segments (chord ``tolerance`` in output
-    steps, see :func:`~.activations.fit_layer`); ``ranges[name] = (lo, hi)``,
-    two arrays (C,) of per-channel bounds; ``split``: allow the ReLU split. ``balance[u]``: the per-channel factor a of a
+    steps, see :func:`~.activations.fit_layer`); ``ranges[name]``: a
+    :class:`~.calibrate.FitRange` (or a bare (lo, hi)), two arrays (C,) of per-channel bounds
+    and, when it has a sample of the gate's input, the unit's mean error on it is taken out
+    of its offsets (:func:`_centre`; ``rounding``: the ADCs' rounding); ``split``: allow the
+    ReLU split. ``balance[u]``: the per-channel factor a of a
     product's square pair (u, v), whose inputs become u' = alpha u + beta v and
     v' = beta u + alpha v with alpha = (a + 1/a) / 2, beta = (a - 1/a) / 2."""
     replaced: dict[str, Expr] = {}   # gate -> its value read from its segments (and ReLU part)
@@ -57,14 +61,20 @@ def expand_fitted(fg: TensorGraph, ranges: dict, bits: int, balance: dict | None
             gates.append(_with_expr(gate, expr))
             continue
         c = gate.shape[0]
-        lo, hi = (np.broadcast_to(np.asarray(v, np.float64), (c,)) for v in ranges[gate.name])
+        rng = ranges[gate.name]
+        bounds = (rng.lo, rng.hi) if isinstance(rng, FitRange) else rng
+        lo, hi = (np.broadcast_to(np.asarray(v, np.float64), (c,)) for v in bounds)
         k = gate.bits or bits   # a gate's own K first
         f = fit_layer(gate.fn, lo, hi, k, tolerance)
         relu = _relu_split(gate, f, lo, hi, k, tolerance) if split else None
+        top = None
         if relu is not None:   # s relu(x - x0): a ReLU gate on [0, hi - x0] (a dead channel: its hi)
             f, s, x0 = relu
             f = replace(f, relu=(f"{gate.name}_relu", s))
             top = np.where(hi > x0, hi - x0, hi.max())
+        if isinstance(rng, FitRange) and rng.sample is not None:
+            f = _centre(gate.fn, f, rng.sample, k, rounding, None if relu is None else (relu[1], relu[2], top))
+        if relu is not None:
             shifted = expr.apply(L.identity(tuple(gate.shape)), -np.broadcast_to(L.per_channel(x0, gate.shape), gate.shape))
             gates.append(Gate(f"{gate.name}_relu", tuple(gate.shape), shifted, "relu", top, gate.pre_tensor,
                               "", gate.node, fixed_alpha=top, bits=gate.bits, weight_bits=gate.weight_bits))
@@ -89,6 +99,30 @@ def _segment_sum(gate: Gate, shape: tuple, f, relu) -> Expr:
         maps[relu[0]] = L.Scale(out, out, np.asarray(relu[1], np.float64))
     maps[gate.name] = L.ChannelSum(shape, out, f.slopes)   # the segment gate keeps the gate's name
     return Expr(out, maps, np.broadcast_to(L.per_channel(f.offsets, out), out))
+
+
+def _centre(fn, f, sample: np.ndarray, bits: int, rounding: str, relu=None):
+    """``f`` (a LayerFit) with each channel's mean error on ``sample`` (C, m: calibration
+    values of the gate's input) subtracted from its offset. A fitted unit's error is a fixed
+    function of its input (chords, each segment's rounding, saturation outside [lo, hi]);
+    over the values a channel actually takes its mean is not zero, and the next layer sums
+    it over its fan-in into a bias, as the plane floors' (:mod:`.floor_bias`). The offset
+    folds into the readers' biases: no neuron is added. ``relu``: (slopes s, kinks x0, tops)
+    of a ReLU split, whose K-bit ADC of x - x0 on [0, top] is part of the unit's value.
+    Measured (EfficientNet fixture, K=4, fit tolerance 0.5, ReLU split, gated products, top-1
+    agreement with onnxruntime on 1000 held-out images): 90.6% -> 92.5%; without the
+    rounding in the measured error 88.9% (docs/onnx-support.md)."""
+    x = np.asarray(sample, np.float64)
+    value = np.stack([fc.evaluate(row, rounding) for fc, row in zip(f.fits, x)])
+    if relu is not None:
+        s, x0, top = (np.asarray(v, np.float64)[:, None] for v in relu)
+        levels = 2**bits - 1
+        step = top / levels
+        half = 0.5 if rounding == "round" else 0.0
+        value += s * np.clip(np.floor(np.maximum(x - x0, 0.0) / step + half), 0, levels) * step
+    err = (value - fn(x)).mean(axis=1)
+    return replace(f, fits=tuple(replace(fc, offset=fc.offset - float(e)) for fc, e in zip(f.fits, err)),
+                   centred=tuple(float(e) for e in err))
 
 
 def _relu_split(gate: Gate, f, lo, hi, bits: int, tolerance: float):

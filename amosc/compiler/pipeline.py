@@ -12,8 +12,8 @@ from ..ir.nodes import Program
 from ..ir.semantics import max_compartments
 from ..ir.verify import verify
 from . import resources
-from .calibrate import (NormStats, channel_rows, check_calibration, check_input_array, check_raw_calibration,
-                        mse_fn_range, scale_from)
+from .calibrate import (FitRange, NormStats, channel_rows, check_calibration, check_input_array, check_raw_calibration,
+                        fit_sample, mse_fn_range, scale_from)
 from .expand import expand_fitted as expand, expand_products as expand_gated
 from .floor_bias import correct_floor_bias
 from .importer import import_model
@@ -71,8 +71,9 @@ def import_graph(model_path, maxpool: str = "tree", dump=None):
 def calibrate(fg, calib: np.ndarray, opts: Options, precisions=None):
     """Ranges of every gate from the imported float graph run on the calibration data:
     ``alphas[name]`` (per-channel upper range of ReLU-family gates), ``ranges[name]``
-    ((lo, hi) of a fitted gate's input per channel, see :func:`fitted_range`; of the
-    balanced input for product squares) and ``balance[name]`` (a :class:`PairCalibration`: the
+    (a :class:`~.calibrate.FitRange`: (lo, hi) of a fitted gate's input per channel, see
+    :func:`fitted_range`, and a sample of that input for the fit's mean-error correction; of
+    the balanced input for product squares) and ``balance[name]`` (a :class:`PairCalibration`: the
     per-channel factor of a product's square pair, see :func:`balance_pair`, and its factors'
     ranges). A gate's range is set for its own K
     (``gate.bits``, else ``opts.bits``); with ``precisions`` (a list of K) the float graph runs
@@ -124,6 +125,8 @@ def calibrate(fg, calib: np.ndarray, opts: Options, precisions=None):
     else:
         in_range = (float(np.percentile(x, 100 - opts.percentile)), float(np.percentile(x, opts.percentile)))
 
+    kept = {g.name: fit_sample(samples[g.name]) for g in fg.gates if g.fn is not None}
+
     def at(k):
         alphas, ranges = {}, {}
         for g in fg.gates:
@@ -131,7 +134,7 @@ def calibrate(fg, calib: np.ndarray, opts: Options, precisions=None):
                 continue
             bits = g.bits or k   # a gate's own precision (per-layer K), else the program's
             if g.fn is not None:
-                ranges[g.name] = fitted_range(samples[g.name], opts, g.fn, bits)
+                ranges[g.name] = FitRange(*fitted_range(samples[g.name], opts, g.fn, bits), kept[g.name])
             else:
                 alphas[g.name] = scale_from(samples[g.name], opts.calibration, opts.percentile,
                                             opts.granularity == "channel", bits)
@@ -335,7 +338,7 @@ def build(fg, n_calib: int, calibration: tuple, opts: Options, limits: Limits, d
         return expand_gated(g, balance, opts.bits, opts.rounding) if opts.product == "gated" else g
 
     def expand_fitted(g):
-        return expand(g, ranges, opts.bits, balance, opts.fit_tolerance, opts.relu_split)
+        return expand(g, ranges, opts.bits, balance, opts.fit_tolerance, opts.relu_split, opts.rounding)
     fg = run_tensor_passes(fg, [expand_products, expand_fitted], dump)
     est = resources.estimate(fg, opts.bits, opts.weight_bits, n_calib, calib_batch(fg))
     resources.check(est, limits, "fitted units expanded into their segments")
