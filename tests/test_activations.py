@@ -152,6 +152,9 @@ def test_fitted_gate_inspect_reports_fit(tmp_path):
     from amosc.ir.text import describe, render
     text = render(describe(program))
     assert "fitted sigmoid on [" in text and f"{f['segments']} segments x {f['bits']} bits" in text
+    assert len(f["centred"]) == 4           # the mean-error correction is recorded and reported
+    worst = max(abs(c) / s for c, s in zip(f["centred"], f["steps"]))
+    assert f"centred: each channel's mean error on the calibration sample taken out of its offset (at most {worst:.3g} steps)" in text
     # the decoded activation follows the sigmoid within the reported error plus input quantization
     vals = evaluate(program, x)
     pre = {}

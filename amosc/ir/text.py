@@ -68,6 +68,9 @@ def describe(program: Program) -> dict:
                                 "elements": int(np.prod(pop.shape)) // f["segments"]}
                     if f.get("relu"):
                         d["fit"]["relu"] = f["relu"]["population"]
+                    if f.get("centred") is not None:   # in output steps of each channel's grid
+                        steps = np.broadcast_to(np.asarray(f.get("steps", f.get("step", 1.0)), float), (len(f["centred"]),))
+                        d["fit"]["centred_max_steps"] = float(np.max(np.abs(np.asarray(f["centred"], float)) / steps))
                 inh = c.bits * (c.bits - 1) // 2 * int(np.prod(pop.shape))
                 total_deployed += inh
             else:
@@ -142,6 +145,9 @@ def render(desc: dict) -> str:
                              f"neurons/element  error max={f['max_err']:.4g} mean={f['mean_err']:.4g}")
                 if f.get("relu"):
                     lines.append(f"    ReLU split: the unit is these segments of f - s relu plus s x {f['relu']}")
+                if "centred_max_steps" in f:
+                    lines.append(f"    centred: each channel's mean error on the calibration sample taken out of "
+                                 f"its offset (at most {f['centred_max_steps']:.3g} steps)")
         else:
             lines.append(f"    scale=[{p['scale'][0]:.6g}, {p['scale'][1]:.6g}]  bias={p['bias_range']}  "
                          f"input_range={p['input_range']}  onnx={p['tensor']}")
