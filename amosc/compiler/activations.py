@@ -191,11 +191,9 @@ class Fit:
         x = np.asarray(x, np.float64)
         out = np.full(x.shape, self.offset)
         levels = 2**self.bits - 1
-        half = 0.5 if rounding == "round" else 0.0
         for b, w, s in zip(self.breaks, self.widths(), self.slopes):
             step = w / levels
-            c = np.clip(np.floor((x - b) / step + half), 0, levels)
-            out = out + s * c * step
+            out = out + s * adc_code(x - b, step, levels, rounding) * step
         return out
 
     def as_dict(self) -> dict:
@@ -258,6 +256,12 @@ class LayerFit:
                 "slopes": self.slopes.tolist(), "offset": self.offsets.tolist(),
                 **({"relu": {"population": self.relu[0], "slope": np.asarray(self.relu[1], float).tolist()}} if self.relu else {}),
                 **({"centred": [float(v) for v in self.centred]} if self.centred is not None else {})}
+
+
+def adc_code(y, step, levels: int, rounding: str = "round") -> np.ndarray:
+    """The code clip(round(y / step), 0, levels) of a clipped ADC on float input y
+    (``rounding`` 'floor': truncated), as floats: the float model of one segment or ReLU ADC."""
+    return np.clip(np.floor(y / step + (0.5 if rounding == "round" else 0.0)), 0, levels)
 
 
 def fit(fn: ScalarFn, lo: float, hi: float, bits: int, tolerance: float = CHORD_TOLERANCE) -> Fit:

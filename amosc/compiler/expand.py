@@ -30,7 +30,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..ir import linear as L
-from .activations import CHORD_TOLERANCE, ScalarFn, fit_layer, kink_point
+from .activations import CHORD_TOLERANCE, ScalarFn, adc_code, fit_layer, kink_point
 from .calibrate import FitRange
 from ..ir.tensor import Expr, Gate, TensorGraph
 
@@ -118,8 +118,7 @@ def _centre(fn, f, sample: np.ndarray, bits: int, rounding: str, relu=None):
         s, x0, top = (np.asarray(v, np.float64)[:, None] for v in relu)
         levels = 2**bits - 1
         step = top / levels
-        half = 0.5 if rounding == "round" else 0.0
-        value += s * np.clip(np.floor(np.maximum(x - x0, 0.0) / step + half), 0, levels) * step
+        value += s * adc_code(np.maximum(x - x0, 0.0), step, levels, rounding) * step
     err = (value - fn(x)).mean(axis=1)
     return replace(f, fits=tuple(replace(fc, offset=fc.offset - float(e)) for fc, e in zip(f.fits, err)),
                    centred=tuple(float(e) for e in err))
