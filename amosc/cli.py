@@ -142,6 +142,11 @@ def main(debug):
               help="A product x * s with s one value per channel (squeeze-excitation): squares = two fitted square "
                    "units, x s = u^2 - v^2; gated = s's K binary digits gate K ADCs of x (K^2 neurons per element, "
                    "K more steps on s's path; docs/onnx-support.md).")
+@click.option("--fitted-units", type=click.IntRange(0, 24), default=0, show_default=True, metavar="N",
+              help="N > 0: build every fitted activation (SiLU, GELU, sigmoid, tanh, ...; not a product's squares) as "
+                   "one N-neuron fitted AMOS unit per element, its thresholds, resets and output weights fitted by "
+                   "least squares on the calibration data (the FS-neuron code), instead of K-bit segment ADCs: N "
+                   "neurons and N steps per element, error set by the fit (docs/onnx-support.md). 0: segments.")
 @_bias_correction_option
 @click.option("--max-neurons", default=None, type=click.IntRange(1), show_default="16777216",
               help="Refuse (before building it) a program with more neurons than this.")
@@ -175,7 +180,7 @@ def main(debug):
               help="Write each --dump-after IR to DIR/NN-PASS.air (integer IR) or DIR/NN-PASS.tir (tensor IR), "
                    "NN the pass's position in the pipeline, instead of stderr.")
 def compile(model, calib, output, bits, calibration, percentile, rounding, granularity, weight_bits,  # noqa: A001
-            maxpool, fit_tolerance, relu_split, product, bias_correction, max_neurons, max_memory, strict, latency_budget, neuron_budget, max_drop,
+            maxpool, fit_tolerance, relu_split, product, fitted_units, bias_correction, max_neurons, max_memory, strict, latency_budget, neuron_budget, max_drop,
             val_input, labels, dump_after, dump_dir):
     """Compile an ONNX MODEL into an AMOS program (.amos)."""
     import warnings
@@ -189,7 +194,8 @@ def compile(model, calib, output, bits, calibration, percentile, rounding, granu
 
     opts = Options(bits=bits, calibration=calibration, percentile=percentile, rounding=rounding,
                    granularity=granularity, weight_bits=int(weight_bits), maxpool=maxpool, fit_tolerance=fit_tolerance,
-                   relu_split=relu_split, product=product, bias_correction=bias_correction)
+                   relu_split=relu_split, product=product, fitted_units=fitted_units,
+                   bias_correction=bias_correction)
     limits = Limits(**{k: v for k, v in (("max_neurons", max_neurons), ("max_memory", max_memory)) if v})
     output = output or os.path.splitext(model)[0] + ".amos"
     check_output(output, [model, calib])

@@ -282,3 +282,21 @@ def test_relu_split_flag_compiles_inspects_and_validates(tmp_path):
     assert r.exit_code == 0, r.output
     row = next(line for line in r.output.splitlines() if " silu " in line)
     assert float(row.split()[-1]) < 0.02, row        # the unit's relative error (about 1 without the ReLU part)
+
+
+def test_fitted_units_flag_compiles_inspects_and_validates(tmp_path):
+    from test_activations import _act_model
+    model = save(_act_model("SiLU", seed=6), tmp_path / "silu.onnx")
+    x = structured_inputs((1, 8, 8), 60, seed=4)
+    np.save(tmp_path / "x.npy", x)
+    r = invoke("compile", model, "--calib", tmp_path / "x.npy", "-o", tmp_path / "m.amos", "--bits", 3,
+               "--fitted-units", 8)
+    assert r.exit_code == 0, r.output
+    r = invoke("inspect", tmp_path / "m.amos")
+    assert "fitted AMOS unit of " in r.output and ": 8 neurons/element" in r.output
+    r = invoke("validate", tmp_path / "m.amos", "--onnx", model, "-i", tmp_path / "x.npy", "--min-agreement", 0.8)
+    assert r.exit_code == 0, r.output
+    row = next(line for line in r.output.splitlines() if " silu " in line)
+    assert float(row.split()[-1]) < 0.1, row        # the unit's relative error
+    r = CliRunner().invoke(main, ["compile", str(model), "--calib", str(tmp_path / "x.npy"), "--fitted-units", "30"])
+    assert r.exit_code != 0 and "--fitted-units" in r.output

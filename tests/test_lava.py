@@ -34,7 +34,7 @@ def compiled(tmp_path, kind, bits):
         h = b.node("Clip", [b.gemm("x", 5, 6), b.init(np.array(0, np.float32)), b.init(np.array(6, np.float32))])
         path = save(b.model(b.gemm(h, 6, 3), 3), tmp_path / "m.onnx")
         x = uniform_inputs((5,), 40, seed=2, lo=-2, hi=2)
-    elif kind == "gates_mlp":   # fitted units, exact leaky ADC pair and a product of activations
+    elif kind in ("gates_mlp", "units_mlp"):   # fitted units, exact leaky ADC pair and a product of activations
         b = GraphBuilder((5,), seed=9)
         t = b.node("Tanh", [b.gemm("x", 5, 6)])
         s_ = b.node("Sigmoid", [b.gemm(t, 6, 6)])
@@ -55,7 +55,8 @@ def compiled(tmp_path, kind, bits):
                           "cnn_plain": (False, "gap")}[kind]
         path = save(small_cnn(seed=4, residual=residual, pool=pool), tmp_path / "m.onnx")
         x = structured_inputs((1, 12, 12), 40, seed=1)
-    return amosc.compile(path, x[:30], bits=bits, maxpool="lipool" if "lipool" in kind else "tree"), x[30:]
+    return amosc.compile(path, x[:30], bits=bits, maxpool="lipool" if "lipool" in kind else "tree",
+                         fitted_units=8 if kind == "units_mlp" else 0), x[30:]
 
 
 def assert_spike_equal(program, res, ref):
@@ -68,10 +69,12 @@ def assert_spike_equal(program, res, ref):
 
 
 @pytest.mark.parametrize("kind,bits", [("mlp", 4), ("relu6_mlp", 3), ("cnn_res_avg", 4),
-                                       ("cnn_res_gap", 6), ("cnn_plain", 8), ("gates_mlp", 5),
+                                       ("cnn_res_gap", 6), ("cnn_plain", 8), ("gates_mlp", 5), ("units_mlp", 3),
                                        ("maxpool_cnn", 4), ("lipool_cnn", 5), ("pool_relu_lipool", 4)])
 def test_fast_style_spike_for_spike(tmp_path, kind, bits):
     program, x = compiled(tmp_path, kind, bits)
+    if kind == "units_mlp":   # the tanh and sigmoid gates are fitted AMOS units (non-binary codes)
+        assert sum(1 for p in program.populations if (getattr(p, "fit", None) or {}).get("structure") == "unit") == 2
     res = get_backend("lava").run(program, x, record=True, interval=1)
     assert_spike_equal(program, res, simulate(program, x, record=True))
 

@@ -361,3 +361,14 @@ def test_max_join_compartments_are_refused_by_name(tmp_path):
     assert lines[0].startswith("error: population ") and pool.name in lines[0] and "compartments" in lines[0]
     assert "--maxpool tree" in lines[0]
     assert not os.path.exists(tmp_path / "m.nir")
+
+
+def test_fitted_units_spike_for_spike(tmp_path):
+    """A fitted AMOS unit (--fitted-units: fitted thresholds, signed resets and signed integer
+    code weights) goes through NIR like any code, spike for spike."""
+    path, x = _squeeze_excitation(tmp_path)
+    program = amosc.compile(path, x[:30], bits=3, fitted_units=8)
+    assert any((p.fit or {}).get("structure") == "unit" for p in program.populations if hasattr(p, "fit"))
+    graph = to_nir(program)
+    write_nir(graph, tmp_path / "m.nir")
+    assert_spike_equal(program, nir.read(tmp_path / "m.nir"), x[30:34], interval=0)

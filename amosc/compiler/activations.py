@@ -18,12 +18,12 @@ semantics, timing, range proof and backends are those of ReLU gates; the
 slopes and the constant f(a) fold into the next layer's weights and bias.
 All segments run in parallel: the unit's depth is its bits, not S x bits.
 
-Why not one fitted K-unit code (FS neurons, free T_k / h_k / d_k)? A single
-successive-approximation chain can only place its 2^K - 1 decision thresholds
-additively in the code bits; for curved functions that leaves an error floor of
-about 1/32 of the output range whatever K is (measured: sigmoid at K=8, mean
-error 0.011 against 0.0009 for ideal 8-bit levels; SiLU 0.046 against 0.006;
-a coordinate-descent polish of the integer parameters does not move it).
+Why segments by default, not one fitted K-unit code (FS neurons, free T_k / h_k / d_k,
+:mod:`.unitfit`, ``--fitted-units``)? A single chain places its decision thresholds
+additively along the chain and shares them across channels; for curved functions that
+leaves an error floor whatever K is (sigmoid at K=8: mean error 0.011 against 0.0009 for
+ideal 8-bit levels). It pays at small K, where it has fewer neurons than the segments at
+the same error (docs/onnx-support.md).
 Segments trade neurons for an error bound the compiler controls: each segment's
 rounding stays within half an output step of the K-bit grid and its chord error
 within ``tolerance`` steps (--fit-tolerance, default 0.1), so the unit's max error

@@ -32,11 +32,13 @@ import numpy as np
 from ..ir import linear as L
 from .activations import CHORD_TOLERANCE, ScalarFn, adc_code, fit_layer, kink_point
 from .calibrate import FitRange
+from .unitfit import fit_unit
 from ..ir.tensor import Expr, Gate, TensorGraph
 
 
 def expand_fitted(fg: TensorGraph, ranges: dict, bits: int, balance: dict | None = None,
-                  tolerance: float = CHORD_TOLERANCE, split: bool = False, rounding: str = "round") -> TensorGraph:
+                  tolerance: float = CHORD_TOLERANCE, split: bool = False, rounding: str = "round",
+                  units: int = 0) -> TensorGraph:
     """Replace every fitted gate (``gate.fn``) by its segments (chord ``tolerance`` in output
     steps, see :func:`~.activations.fit_layer`); ``ranges[name]``: a
     :class:`~.calibrate.FitRange` (or a bare (lo, hi)), two arrays (C,) of per-channel bounds
@@ -44,7 +46,12 @@ def expand_fitted(fg: TensorGraph, ranges: dict, bits: int, balance: dict | None
     of its offsets (:func:`_centre`; ``rounding``: the ADCs' rounding); ``split``: allow the
     ReLU split. ``balance[u]``: the per-channel factor a of a
     product's square pair (u, v), whose inputs become u' = alpha u + beta v and
-    v' = beta u + alpha v with alpha = (a + 1/a) / 2, beta = (a - 1/a) / 2."""
+    v' = beta u + alpha v with alpha = (a + 1/a) / 2, beta = (a - 1/a) / 2. ``units`` N > 0
+    (``--fitted-units``): a fitted gate (not a product's square) becomes one N-neuron fitted
+    AMOS unit per element instead (:mod:`.unitfit`, fitted on its calibration sample) where
+    that unit's rms error on the sample is at most the segments' (so never a less accurate
+    gate); its ``bits`` are N. Without a sample (bare ranges) the segments stay."""
+    squares = {g.name for g in fg.gates if g.partner} | {g.partner for g in fg.gates if g.partner}
     replaced: dict[str, Expr] = {}   # gate -> its value read from its segments (and ReLU part)
     balanced: dict[str, Expr] = {}
     by_name = {g.name: g for g in fg.gates}
@@ -74,6 +81,14 @@ def expand_fitted(fg: TensorGraph, ranges: dict, bits: int, balance: dict | None
             top = np.where(hi > x0, hi - x0, hi.max())
         if isinstance(rng, FitRange) and rng.sample is not None:
             f = _centre(gate.fn, f, rng.sample, k, rounding, None if relu is None else (relu[1], relu[2], top))
+            if units and gate.name not in squares:
+                seg_rms = _rms(_fit_value(f, rng.sample, k, rounding, None if relu is None else (relu[1], relu[2], top))
+                               - gate.fn(np.asarray(rng.sample, np.float64)))
+                unit = _unit_gate(gate, expr, rng.sample, units, seg_rms)
+                if unit.fit.rms_err <= seg_rms:   # the unit where it is at least as accurate
+                    gates.append(unit)
+                    replaced[gate.name] = _segment_sum(gate, tuple(gate.shape), unit.fit, None)
+                    continue
         if relu is not None:
             shifted = expr.apply(L.identity(tuple(gate.shape)), -np.broadcast_to(L.per_channel(x0, gate.shape), gate.shape))
             gates.append(Gate(f"{gate.name}_relu", tuple(gate.shape), shifted, "relu", top, gate.pre_tensor,
@@ -88,6 +103,22 @@ def expand_fitted(fg: TensorGraph, ranges: dict, bits: int, balance: dict | None
         gates.append(new)
         replaced[gate.name] = _segment_sum(gate, shape, f, None if relu is None else (f"{gate.name}_relu", relu[1]))
     return replace(fg, gates=gates, readout=_substitute(fg.readout, replaced))
+
+
+def _unit_gate(gate: Gate, expr: Expr, sample: np.ndarray, units: int, seg_rms: float) -> Gate:
+    """``gate`` as one fitted AMOS unit of ``units`` neurons per element, fitted on ``sample``
+    (same shape and input; the readers read offset + its decoded code, through
+    :func:`_segment_sum` with S = 1). ``seg_rms``: the segments' rms error on the sample, kept
+    in the fit for reports. Each channel's mean error on its sample is taken out of its offset
+    (:meth:`~.unitfit.UnitFit.centre`); ``rms_err`` is then measured on the whole sample."""
+    f = replace(fit_unit(gate.fn, sample, units, channels=gate.shape[0]).centre(gate.fn, sample),
+                segments_rms_err=float(seg_rms))
+    return Gate(gate.name, tuple(gate.shape), expr, gate.activation, None, gate.pre_tensor, gate.tensor,
+                gate.node, bits=f.bits, fit=f, weight_bits=gate.weight_bits)
+
+
+def _rms(err) -> float:
+    return float(np.sqrt(np.mean(np.square(err))))
 
 
 def _segment_sum(gate: Gate, shape: tuple, f, relu) -> Expr:
@@ -113,15 +144,23 @@ def _centre(fn, f, sample: np.ndarray, bits: int, rounding: str, relu=None):
     agreement with onnxruntime on 1000 held-out images): 90.6% -> 92.5%; without the
     rounding in the measured error 88.9% (docs/onnx-support.md)."""
     x = np.asarray(sample, np.float64)
+    err = (_fit_value(f, x, bits, rounding, relu) - fn(x)).mean(axis=1)
+    return replace(f, fits=tuple(replace(fc, offset=fc.offset - float(e)) for fc, e in zip(f.fits, err)),
+                   centred=tuple(float(e) for e in err))
+
+
+def _fit_value(f, x: np.ndarray, bits: int, rounding: str, relu=None) -> np.ndarray:
+    """The value of segmented unit ``f`` (a LayerFit) on float inputs x (C, m), one row per
+    channel: its segments (each rounded) and, with ``relu`` (slopes, kinks, tops), the ReLU
+    split's K-bit ADC."""
+    x = np.asarray(x, np.float64)
     value = np.stack([fc.evaluate(row, rounding) for fc, row in zip(f.fits, x)])
     if relu is not None:
         s, x0, top = (np.asarray(v, np.float64)[:, None] for v in relu)
         levels = 2**bits - 1
         step = top / levels
         value += s * adc_code(np.maximum(x - x0, 0.0), step, levels, rounding) * step
-    err = (value - fn(x)).mean(axis=1)
-    return replace(f, fits=tuple(replace(fc, offset=fc.offset - float(e)) for fc, e in zip(f.fits, err)),
-                   centred=tuple(float(e) for e in err))
+    return value
 
 
 def _relu_split(gate: Gate, f, lo, hi, bits: int, tolerance: float):

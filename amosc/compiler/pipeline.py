@@ -338,7 +338,8 @@ def build(fg, n_calib: int, calibration: tuple, opts: Options, limits: Limits, d
         return expand_gated(g, balance, opts.bits, opts.rounding) if opts.product == "gated" else g
 
     def expand_fitted(g):
-        return expand(g, ranges, opts.bits, balance, opts.fit_tolerance, opts.relu_split, opts.rounding)
+        return expand(g, ranges, opts.bits, balance, opts.fit_tolerance, opts.relu_split, opts.rounding,
+                      opts.fitted_units)
     fg = run_tensor_passes(fg, [expand_products, expand_fitted], dump)
     est = resources.estimate(fg, opts.bits, opts.weight_bits, n_calib, calib_batch(fg))
     resources.check(est, limits, "fitted units expanded into their segments")
@@ -349,7 +350,8 @@ def build(fg, n_calib: int, calibration: tuple, opts: Options, limits: Limits, d
                        "percentile": opts.percentile, "rounding": opts.rounding,
                        "granularity": opts.granularity, "weight_bits": opts.weight_bits,
                        "maxpool": opts.maxpool, "fit_tolerance": opts.fit_tolerance,
-                       "relu_split": opts.relu_split, "product": opts.product}
+                       "relu_split": opts.relu_split, "product": opts.product,
+                       "fitted_units": opts.fitted_units}
     program.provenance = {"source": fg.path.rsplit("/", 1)[-1], "sha256": fg.sha256,
                           "opset": fg.opset, "amosc": __version__, "input_name": fg.input_name,
                           "output_name": fg.output_name, "softmax": fg.softmax or "",

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import RangeError
-from ..ir.nodes import (ACC_LIMIT, BIAS_LIMIT, ENABLE_SHIFT, MAX_WEIGHT_SHIFT, MIN_WEIGHT_SHIFT, WEIGHT_MAX, Code, GatePop, InputPop, Program, Projection,
+from ..ir.nodes import (ACC_LIMIT, BIAS_LIMIT, THRESHOLD_LIMIT, ENABLE_SHIFT, MAX_WEIGHT_SHIFT, MIN_WEIGHT_SHIFT, WEIGHT_MAX, Code, GatePop, InputPop, Program, Projection,
                         ReadoutPop)
 from ..ir.semantics import max_compartments
 from ..ir.verify import check_ranges, max_plane_shift
@@ -25,6 +25,7 @@ from ..ir import linear as L
 from .activations import CHORD_TOLERANCE
 from ..ir.tensor import TensorGraph
 from .importer import MAXPOOL_MODES
+from .unitfit import MAX_UNIT_NEURONS, UnitFit
 
 MARGIN = 0.97  # head-room for mantissa rounding; the exact bound is re-checked after
 THETA_TARGET = 64  # accumulator units per output step to aim for
@@ -47,6 +48,7 @@ class Options:
     relu_split: bool = False         # ReLU-like fitted units may be a ReLU ADC + residual segments
     bias_correction: int = 32        # calibration inputs the floor-bias pass measures on (0: off)
     product: str = "squares"         # or "gated": x * s with s per channel as a digit-gated circuit
+    fitted_units: int = 0            # N > 0: fitted activations as N-neuron fitted AMOS units (unitfit.py)
 
     def __post_init__(self):
         from ..errors import AmoscError
@@ -68,6 +70,9 @@ class Options:
             raise AmoscError(f"bias_correction must be a number of inputs >= 0, got {self.bias_correction!r}")
         if self.product not in ("squares", "gated"):
             raise AmoscError(f"product must be 'squares' or 'gated', got {self.product!r}")
+        if not (isinstance(self.fitted_units, int) and 0 <= self.fitted_units <= MAX_UNIT_NEURONS):
+            raise AmoscError(f"fitted_units must be 0 (segments) or a number of neurons in 1..{MAX_UNIT_NEURONS}, "
+                             f"got {self.fitted_units!r}")
         if self.maxpool not in MAXPOOL_MODES:
             raise AmoscError(f"maxpool must be one of {MAXPOOL_MODES}, got {self.maxpool!r}")
 
@@ -201,6 +206,46 @@ def _csr_int8(mat) -> sp.csr_matrix:
     return out
 
 
+#: a fitted unit's input resolution: this many accumulator units over its calibration range
+UNIT_INPUT_LEVELS = 2**12
+
+
+def _unit_population(name, shape, unit, bias, syn, synapses, check):
+    """(population, projections) of fitted AMOS unit ``unit`` (:class:`~.unitfit.UnitFit`)
+    with float input bias ``bias`` and worst-case synaptic input ``syn`` (per neuron, in the
+    activation's input units): one input unit u (accumulator units per input unit) for every
+    channel, as fine as ``UNIT_INPUT_LEVELS`` over the fitted range allows, coarser when the
+    accumulator, the bias or the weights' mantissas need it. Thresholds T_k / u and resets
+    h_k / u are rounded to integers and every threshold is moved to >= 1 by a shift added to
+    the bias (the units compare y + shift with T_k + shift). The output step is the unit's."""
+    c = shape[0]
+    T, h = np.asarray(unit.thresholds), np.asarray(unit.resets)
+    u = max((unit.hi - unit.lo) / UNIT_INPUT_LEVELS, 1e-30)
+    room = MARGIN * ACC_LIMIT - 2**ENABLE_SHIFT
+    # y + inhibition must fit, and thresholds and the shifted bias must fit their limits
+    need = (float(np.max(syn + 2 * np.abs(bias))) + float(np.abs(h).sum())) / room
+    u = max(u, need, float(np.ptp(np.concatenate([T, [0.0]]))) / (MARGIN * THRESHOLD_LIMIT))
+    for _ in range(60):
+        ps, excess = synapses(np.full(c, u))
+        if excess > 0:
+            u *= 2.0**excess
+            continue
+        t = np.rint(T / u).astype(np.int64)
+        shift = max(0, 1 - int(t.min()))
+        b = np.rint(bias / u).astype(np.int64) + shift
+        if np.abs(b).max(initial=0) > BIAS_LIMIT or int(t.max()) + shift > THRESHOLD_LIMIT:
+            u *= 1.25
+            continue
+        code = Code(tuple(int(v) + shift for v in t), tuple(int(v) for v in np.rint(h / u)), unit.codes)
+        pop = GatePop(name, shape, code, b.astype(np.int32), np.full(c, unit.step))
+        try:
+            check(pop, ps)
+            return pop, ps
+        except RangeError:
+            u *= 1.25
+    raise RangeError(f"layer {name!r}: no input unit fits its fitted AMOS unit in the 18-bit accumulator", layer=name)
+
+
 def lower(fg: TensorGraph, alphas: dict, input_range: tuple, opts: Options) -> Program:
     """Build the integer program. ``alphas``: calibrated upper range per gate name, one
     value per channel (C,); ``input_range``: (lo, hi) of the input values."""
@@ -217,12 +262,13 @@ def lower(fg: TensorGraph, alphas: dict, input_range: tuple, opts: Options) -> P
     zero_point = {"input": inp.zero_point}
 
     def build(name, expr, shape, out_step, K=K, exact=False, compartments=1, weight_bits=opts.weight_bits,
-              theta_target=THETA_TARGET):
+              theta_target=THETA_TARGET, unit=None):
         """(population, projections) for a target with input ``expr``; ``out_step``: the
         gate's per-channel output step, or None for the readout. ``exact``: the steps are
         set by the circuit (segments, max units) and must not be coarsened per channel.
         ``compartments`` m > 1: ``expr`` has m compartments per channel, joined by max.
-        ``weight_bits``: 16 adds the second synapse set (the rounding residue)."""
+        ``weight_bits``: 16 adds the second synapse set (the rounding residue). ``unit``: a
+        fitted AMOS unit (:class:`~.unitfit.UnitFit`), whose code is its own."""
         gate = out_step is not None
         maxcode = 2**K - 1
         bias = expr.bias.astype(np.float64).copy()
@@ -234,9 +280,9 @@ def lower(fg: TensorGraph, alphas: dict, input_range: tuple, opts: Options) -> P
             on_codes[src] = L.compose(m, L.Scale(m.in_shape, m.in_shape, step[src]))
             if isinstance(on_codes[src], (L.Embedded, L.PositionScaled)):   # a kind the projections lack
                 on_codes[src] = on_codes[src].materialized()
-            p, n = on_codes[src].row_sums()
-            hi_ += p * code_of[src].max_code
-            lo_ += n * code_of[src].max_code
+            p, n = on_codes[src].row_sums()   # codes lie in [min_code, max_code] (min_code < 0: fitted units)
+            hi_ += p * code_of[src].max_code + n * code_of[src].min_code
+            lo_ += n * code_of[src].max_code + p * code_of[src].min_code
         syn = np.maximum(hi_, -lo_)
         if compartments > 1:  # one accumulator per compartment; the bias acts after the max
             syn = max_compartments(syn[None], compartments)[0]
@@ -247,6 +293,29 @@ def lower(fg: TensorGraph, alphas: dict, input_range: tuple, opts: Options) -> P
                                  "adds one bias after the max; compile with --maxpool tree")
             bias = bias[:, 0]
         absb = np.abs(bias)
+
+        def synapses(u):
+            """The projections onto this target at input unit u (C,), and by how many bits
+            their largest weights overflow the 8-bit mantissas' shifts (0: none)."""
+            ps = []
+            for src, m in on_codes.items():
+                scaled = L.compose(L.Scale(m.out_shape, m.out_shape, np.repeat(1.0 / u, compartments)), m)
+                pr = _projection(f"{src}->{name}", src, name, scaled)
+                if pr is not None:
+                    ps.append(pr)
+                    if weight_bits == 16:  # a second synapse set carries the rounding residue
+                        fresh = isinstance(scaled, L.Dense) and scaled.w is not getattr(m, "w", None)
+                        res = _residual(scaled, pr, inplace=fresh)   # a fresh matrix may hold it
+                        del scaled
+                        lo_ = _projection(f"{src}->{name}#lo", src, name, res)
+                        del res
+                        if lo_ is not None:
+                            ps.append(lo_)
+            return ps, max([max_plane_shift(pr, code_of[pr.source]) - MAX_WEIGHT_SHIFT for pr in ps] + [0])
+
+        if unit is not None:
+            return _unit_population(name, shape, unit, bias, syn, synapses,
+                                    lambda pop, ps: check_ranges(Program([*pops, pop], [*projs, *ps], "input", name), name))
         if gate:
             # u = step / theta per channel; each neuron needs (syn + 2|b|) / u + inh * theta
             # + 2^ENABLE_SHIFT <= LIMIT (the enable weight carries up to |b| + 2^ENABLE_SHIFT of
@@ -283,21 +352,7 @@ def lower(fg: TensorGraph, alphas: dict, input_range: tuple, opts: Options) -> P
         coarser = 1.0  # readout: factor on the finest safe unit
         for _ in range(60):
             u = np.asarray(out_step) / theta if gate else finest * coarser  # (C,)
-            ps = []
-            for src, m in on_codes.items():
-                scaled = L.compose(L.Scale(m.out_shape, m.out_shape, np.repeat(1.0 / u, compartments)), m)
-                pr = _projection(f"{src}->{name}", src, name, scaled)
-                if pr is not None:
-                    ps.append(pr)
-                    if weight_bits == 16:  # a second synapse set carries the rounding residue
-                        fresh = isinstance(scaled, L.Dense) and scaled.w is not getattr(m, "w", None)
-                        res = _residual(scaled, pr, inplace=fresh)   # a fresh matrix may hold it
-                        del scaled
-                        lo_ = _projection(f"{src}->{name}#lo", src, name, res)
-                        del res
-                        if lo_ is not None:
-                            ps.append(lo_)
-            excess = max([max_plane_shift(pr, code_of[pr.source]) - MAX_WEIGHT_SHIFT for pr in ps] + [0])
+            ps, excess = synapses(u)
             if excess > 0:  # weights too large for 8-bit mantissas: coarser accumulator
                 if gate and theta > 1:
                     theta = mantissa_floor(max(1, theta >> excess))
@@ -341,6 +396,8 @@ def lower(fg: TensorGraph, alphas: dict, input_range: tuple, opts: Options) -> P
             if out_step.size != gs.shape[0] and gs.shape[0] % out_step.size == 0:
                 # a relay of the flattened codes (C * H * W,): element i has channel i // (H * W)
                 out_step = np.repeat(out_step, gs.shape[0] // out_step.size)
+        elif isinstance(gs.fit, UnitFit):   # a fitted AMOS unit: its code's step, one for every channel
+            out_step, exact = np.full(gs.shape[0], gs.fit.step), True
         elif gs.fixed_alpha is not None:
             out_step, exact = np.asarray(gs.fixed_alpha, np.float64) / (2**bits - 1), True
         else:
@@ -361,7 +418,8 @@ def lower(fg: TensorGraph, alphas: dict, input_range: tuple, opts: Options) -> P
                              "code steps (a ReLU-family activation with the same bits)")
         pop, ps = build(gs.name, gs.expr, gs.shape, out_step, bits, exact, gs.compartments,
                         gs.weight_bits or opts.weight_bits,
-                        DIGIT_THETA if gs.activation == "digit" else THETA_TARGET)
+                        DIGIT_THETA if gs.activation == "digit" else THETA_TARGET,
+                        gs.fit if isinstance(gs.fit, UnitFit) else None)
         fit = gs.fit.as_dict() if gs.fit is not None else None
         pop = replace(pop, activation=gs.activation, tensor=gs.tensor, fit=fit)
         pops.append(pop)

@@ -317,8 +317,8 @@ def dumps(g: TensorGraph) -> str:
             act += f" fn={gate.fn.name}"
         if gate.upper is not None:
             act += f" upper={_fmt_range(gate.upper)}"
-        if gate.fit is not None:
-            act += f" segments={gate.fit.segments}"
+        if gate.fit is not None:   # a segmented gate, or a fitted AMOS unit (unitfit.UnitFit)
+            act += f" unit={gate.fit.bits}" if hasattr(gate.fit, "codes") else f" segments={gate.fit.segments}"
         for what in ("bits", "weight_bits", "alpha_from", "partner"):
             if getattr(gate, what) is not None:
                 act += f" {what}={getattr(gate, what)}"

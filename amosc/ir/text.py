@@ -66,6 +66,8 @@ def describe(program: Program) -> dict:
                                 "neurons_per_element": f["neurons_per_element"],
                                 "channels": f.get("channels", 1),
                                 "elements": int(np.prod(pop.shape)) // f["segments"]}
+                    if f.get("structure") == "unit":
+                        d["fit"].update(structure="unit", rms_err=f.get("rms_err"))
                     if f.get("relu"):
                         d["fit"]["relu"] = f["relu"]["population"]
                     if f.get("centred") is not None:   # in output steps of each channel's grid
@@ -140,9 +142,15 @@ def render(desc: dict) -> str:
             if "fit" in p:
                 f = p["fit"]
                 per = f" ({f['channels']} channel ranges)" if f.get("channels", 1) > 1 else ""
-                lines.append(f"    fitted {f['fn']} on [{f['range'][0]:.4g}, {f['range'][1]:.4g}]{per}: "
-                             f"{f['segments']} segments x {f['bits']} bits = {f['neurons_per_element']} "
-                             f"neurons/element  error max={f['max_err']:.4g} mean={f['mean_err']:.4g}")
+                if f.get("structure") == "unit":
+                    lines.append(f"    fitted AMOS unit of {f['fn']}: {f['bits']} neurons/element, thresholds, resets "
+                                 f"and output weights fitted on the calibration sample in [{f['range'][0]:.4g}, "
+                                 f"{f['range'][1]:.4g}]  error rms={f['rms_err']:.4g} max={f['max_err']:.4g} "
+                                 f"mean |e|={f['mean_err']:.4g}")
+                else:
+                    lines.append(f"    fitted {f['fn']} on [{f['range'][0]:.4g}, {f['range'][1]:.4g}]{per}: "
+                                 f"{f['segments']} segments x {f['bits']} bits = {f['neurons_per_element']} "
+                                 f"neurons/element  error max={f['max_err']:.4g} mean={f['mean_err']:.4g}")
                 if f.get("relu"):
                     lines.append(f"    ReLU split: the unit is these segments of f - s relu plus s x {f['relu']}")
                 if "centred_max_steps" in f:
