@@ -2,6 +2,7 @@
 the reference simulator, pipelined runs, export, clean failure, pluggable backends."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -122,6 +123,13 @@ def test_loihi_style_spike_for_spike(tmp_path, kind, bits, n):
     program, x = compiled(tmp_path, kind, bits)
     res = get_backend("lava-loihi").run(program, x[:n], record=True, interval=1)
     assert_spike_equal(program, res, simulate(program, x[:n], record=True))
+
+
+def test_loihi_style_names_a_fitted_unit_it_cannot_build(tmp_path):
+    program, x = compiled(tmp_path, "units_mlp", 3)
+    unit = next(p for p in program.populations if (getattr(p, "fit", None) or {}).get("structure") == "unit")
+    with pytest.raises(BackendError, match=re.escape(f"population '{unit.name}' is a fitted AMOS unit")):
+        get_backend("lava-loihi").run(program, x[:2])
 
 
 def test_loihi_style_names_a_max_join_population_it_cannot_build(tmp_path):

@@ -147,6 +147,8 @@ def render(desc: dict) -> str:
                                  f"and output weights fitted on the calibration sample in [{f['range'][0]:.4g}, "
                                  f"{f['range'][1]:.4g}]  error rms={f['rms_err']:.4g} max={f['max_err']:.4g} "
                                  f"mean |e|={f['mean_err']:.4g}")
+                    lines.append("    (a non-binary code: runs on reference, lava (fast style) and NIR; not on "
+                                 "lava-loihi's standard processes)")
                 else:
                     lines.append(f"    fitted {f['fn']} on [{f['range'][0]:.4g}, {f['range'][1]:.4g}]{per}: "
                                  f"{f['segments']} segments x {f['bits']} bits = {f['neurons_per_element']} "

@@ -412,6 +412,11 @@ def plan(program: Program, record: bool = True) -> dict:
                 "#gate-structures); the 'loihi' style and `amosc export` build sequential LIFReset chains "
                 "only. Run it on backend 'lava' (fast style) or compile without --latency-budget / "
                 "--neuron-budget.")
+        if isinstance(pop, GatePop) and (pop.fit or {}).get("structure") == "unit":
+            raise BackendError(
+                f"population {pop.name!r} is a fitted AMOS unit (fitted thresholds, resets and signed "
+                "integer code weights, docs/ir.md#fitted-units); the 'loihi' style's plane synapses carry "
+                "binary codes only. Run it on backend 'lava' (fast style) or compile without --fitted-units.")
     return _Plan(program, record).build()
 
 
