@@ -122,3 +122,21 @@ def test_fitted_units_compile_and_levels_agree(tmp_path, op):
     assert all(np.array_equal(a[k], ev[k]) for k in ev)
     from amosc.ir import asm
     assert asm.equal(asm.parses(asm.dumps(p)), p)
+
+
+def test_a_unit_whose_worst_case_input_is_wide_warns_naming_the_layer():
+    """The accumulator bounds the input unit: a worst-case input far wider than the calibrated
+    range leaves few accumulator units over that range, and the compiler says so."""
+    from amosc.compiler.quantize import _unit_population
+    from amosc.errors import PrecisionWarning
+    u = fit_unit(FNS["silu"], _sample(), 6)
+    shape = (3, 2, 2)
+    args = ("layer7", shape, u, np.zeros(shape), None, lambda unit: ([], 0), lambda pop, ps: None)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # a modest worst case: no warning
+        pop, _ = _unit_population(*args[:4], np.full(shape, 10.0), *args[5:])
+    assert pop.code.bits == 6 and min(pop.code.thresholds) == 1
+    with pytest.warns(PrecisionWarning, match=r"layer 'layer7': its fitted AMOS unit resolves its calibrated input range in only \d+ accumulator units"):
+        coarse, _ = _unit_population(*args[:4], np.full(shape, 1e4), *args[5:])
+    assert max(coarse.code.thresholds) < max(pop.code.thresholds)

@@ -208,6 +208,8 @@ def _csr_int8(mat) -> sp.csr_matrix:
 
 #: a fitted unit's input resolution: this many accumulator units over its calibration range
 UNIT_INPUT_LEVELS = 2**12
+#: fewer accumulator units than this over that range: a PrecisionWarning names the layer
+UNIT_MIN_LEVELS = 256
 
 
 def _unit_population(name, shape, unit, bias, syn, synapses, check):
@@ -240,9 +242,18 @@ def _unit_population(name, shape, unit, bias, syn, synapses, check):
         pop = GatePop(name, shape, code, b.astype(np.int32), np.full(c, unit.step))
         try:
             check(pop, ps)
-            return pop, ps
         except RangeError:
             u *= 1.25
+            continue
+        levels = (unit.hi - unit.lo) / u
+        if levels < UNIT_MIN_LEVELS:
+            import warnings
+            from ..errors import PrecisionWarning
+            warnings.warn(PrecisionWarning(
+                f"layer {name!r}: its fitted AMOS unit resolves its calibrated input range in only "
+                f"{levels:.0f} accumulator units (its worst-case input is that wide); its thresholds and "
+                f"resets are rounded that coarsely"))
+        return pop, ps
     raise RangeError(f"layer {name!r}: no input unit fits its fitted AMOS unit in the 18-bit accumulator", layer=name)
 
 
