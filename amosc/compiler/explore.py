@@ -75,10 +75,11 @@ def _structures(program) -> str:
 
 
 def structure_of(code) -> str:
-    """The structure name of a gate's code: sar (no steps), radixR or flash (a stepped ADC
+    """The structure name of a gate's code: sar (a binary code), unit (a fitted AMOS unit's
+    code: fitted thresholds, resets and weights, no steps), radixR or flash (a stepped ADC
     whose first stage has 2^R - 1 units), or 'stepped' for another stepped code."""
     if not code.steps:
-        return "sar"
+        return "sar" if code.is_binary() else "unit"
     bits = int(sum(code.weights)).bit_length()          # the largest code value is 2^K - 1
     r = (code.unit_steps.count(0) + 1).bit_length() - 1
     return structure_name(bits, r) if 2 ** r - 1 == code.unit_steps.count(0) else "stepped"
