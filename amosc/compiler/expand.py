@@ -80,10 +80,10 @@ def expand_fitted(fg: TensorGraph, ranges: dict, bits: int, balance: dict | None
             f = replace(f, relu=(f"{gate.name}_relu", s))
             top = np.where(hi > x0, hi - x0, hi.max())
         if isinstance(rng, FitRange) and rng.sample is not None:
-            f = _centre(gate.fn, f, rng.sample, k, rounding, None if relu is None else (relu[1], relu[2], top))
+            adc = None if relu is None else (relu[1], relu[2], top)   # the ReLU split's ADC: slopes, kinks, tops
+            f = _centre(gate.fn, f, rng.sample, k, rounding, adc)
             if units and gate.name not in squares:
-                seg_rms = _rms(_fit_value(f, rng.sample, k, rounding, None if relu is None else (relu[1], relu[2], top))
-                               - gate.fn(np.asarray(rng.sample, np.float64)))
+                seg_rms = _rms(_fit_value(f, rng.sample, k, rounding, adc) - gate.fn(np.asarray(rng.sample, np.float64)))
                 unit = _unit_gate(gate, expr, rng.sample, units, seg_rms)
                 if unit.fit.rms_err <= seg_rms:   # the unit where it is at least as accurate
                     gates.append(unit)

@@ -11,12 +11,13 @@ Weights become 8-bit mantissas with one power-of-two exponent per projection.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import RangeError
+from ..errors import PrecisionWarning, RangeError
 from ..ir.nodes import (ACC_LIMIT, BIAS_LIMIT, THRESHOLD_LIMIT, ENABLE_SHIFT, MAX_WEIGHT_SHIFT, MIN_WEIGHT_SHIFT, WEIGHT_MAX, Code, GatePop, InputPop, Program, Projection,
                         ReadoutPop)
 from ..ir.semantics import max_compartments
@@ -247,8 +248,6 @@ def _unit_population(name, shape, unit, bias, syn, synapses, check):
             continue
         levels = (unit.hi - unit.lo) / u
         if levels < UNIT_MIN_LEVELS:
-            import warnings
-            from ..errors import PrecisionWarning
             warnings.warn(PrecisionWarning(
                 f"layer {name!r}: its fitted AMOS unit resolves its calibrated input range in only "
                 f"{levels:.0f} accumulator units (its worst-case input is that wide); its thresholds and "

@@ -14,11 +14,14 @@ same function of its input on one absolute input grid). Given T and h the spike 
 every sample is fixed and the best d and offset are a least-squares solve, so only T and h
 are searched: coordinate descent, each coordinate over candidate values (quantiles of what
 that unit sees, an even grid of resets, small moves of the current value), every candidate
-scored by its least-squares solve, all candidates of one coordinate in one batched solve;
-a few restarts (the successive-approximation ADC on the sample's range, then seeded random
-perturbations of it). Deterministic. The output weights are then rounded to a grid of
-``step`` (an integer code, :attr:`UnitFit.codes`) and the offset re-fitted, so the unit's
-mean error on the sample is zero as rounded (as the segments' centring, :func:`.expand._centre`).
+scored by its least-squares solve, all candidates of one coordinate in one batched solve.
+RESTARTS starts (the successive-approximation ADC on the sample's range, then seeded random
+perturbations of it) run on COARSE_SAMPLES quantiles; the REFINED best continue on all
+UNIT_SAMPLES. Deterministic. The output weights are then rounded to a grid of ``step``
+(range / 2^CODE_BITS; an integer code, :attr:`UnitFit.codes`), largest first with the rest
+refitted, and the offset re-fitted, so the unit's mean error on the sample is zero as rounded;
+:meth:`UnitFit.centre` then takes each channel's own mean error out of its offset (as the
+segments' centring, :func:`.expand._centre`).
 """
 
 from __future__ import annotations
