@@ -160,16 +160,18 @@ def main(debug):
                    "anything is written, when no choice meets it.")
 @click.option("--neuron-budget", type=click.IntRange(1), default=None, metavar="N",
               help="Choose structures for the lowest latency with at most N neurons (refused when even "
-                   "the smallest program has more).")
+                   "the smallest program has more). With --val-input (and no --max-drop): first choose each "
+                   "layer's K (at most --bits) for the highest measured top-1 agreement with the float model "
+                   "(accuracy with --labels) within N neurons (docs/optimizer.md).")
 @click.option("--max-drop", type=click.FloatRange(0), default=None, metavar="POINTS",
               help="Per-layer precision: lower some gates' K below --bits where it costs least, keeping "
                    "top-1 accuracy on --val-input/--labels within POINTS percentage points of the float "
                    "model's (measured per layer, then on the chosen program; docs/optimizer.md). Refused when "
                    "even uniform --bits loses more.")
 @click.option("--val-input", type=click.Path(dir_okay=False), default=None,
-              help="Validation inputs (.npy, N x input shape) for --max-drop.")
+              help="Validation inputs (.npy, N x input shape) for --max-drop, or for --neuron-budget's per-layer K.")
 @click.option("--labels", type=click.Path(dir_okay=False), default=None,
-              help="Integer class labels (.npy, N) of --val-input, for --max-drop.")
+              help="Integer class labels (.npy, N) of --val-input, for --max-drop (required) or --neuron-budget (optional: accuracy instead of agreement).")
 @click.option("--dump-after", "dump_after", multiple=True, metavar="PASS",
               help="Print the IR after PASS (repeatable; 'all': after every pass) to stderr, or into --dump-dir. "
                    "Passes: import, drop_dead_gates, relay_input (only when a fitted unit's input does not fit the "
@@ -202,16 +204,18 @@ def compile(model, calib, output, bits, calibration, percentile, rounding, granu
     if max_drop is not None and not (val_input and labels):
         raise click.BadParameter("--max-drop needs --val-input and --labels (the data the accuracy is "
                                  "measured on)", param_hint="'--max-drop'")
-    if max_drop is None and (val_input or labels):
-        raise click.BadParameter("--val-input and --labels are used only with --max-drop",
+    fit = max_drop is None and neuron_budget is not None and val_input   # per-layer K within the budget
+    if max_drop is None and not fit and (val_input or labels):
+        raise click.BadParameter("--val-input and --labels are used only with --max-drop, or --val-input "
+                                 "(and optionally --labels) with --neuron-budget",
                                  param_hint="'--val-input'" if val_input else "'--labels'")
     dump = _dumper(dump_after, dump_dir)
     x = read_npy(calib, "calibration data")
     validation = None
-    if max_drop is not None:
+    if max_drop is not None or fit:
         from .compiler.calibrate import load_labels
         xv = read_npy(val_input, "validation input")
-        validation = (xv, load_labels(labels, len(xv))[:len(xv)])
+        validation = (xv, load_labels(labels, len(xv))[:len(xv)] if labels else None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CalibrationWarning)
         warnings.simplefilter("always", PrecisionWarning)

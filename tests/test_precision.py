@@ -8,7 +8,8 @@ from click.testing import CliRunner
 import amosc
 from amosc.cli import main
 from amosc.compiler.pipeline import compile_model
-from amosc.compiler.precision import float_predictions, precision_groups, predictions
+from amosc.compiler.precision import fit_budget, float_predictions, precision_groups, predictions
+from amosc.compiler.quantize import Options
 from amosc.errors import ModelError
 from amosc.ir.nodes import GatePop
 from amosc.compiler.cost import static_cost
@@ -137,3 +138,47 @@ def test_max_drop_keeps_the_relays_a_fitted_unit_needs(tmp_path):
         uniform = compile_model(path, x[:100], bits=10)
     assert any(p.name.endswith("_relay_pos") for p in prog.populations)
     assert static_cost(prog).neurons < static_cost(uniform).neurons
+
+
+def test_a_neuron_budget_with_validation_data_chooses_per_layer_k_within_it(case):
+    d, model, calib, xv, _ = case
+    lines = []
+    sizes = {k: static_cost(compile_model(model, calib, bits=k)).neurons for k in (6, 5)}
+    budget = (sizes[6] + sizes[5]) // 2       # uniform K=6 does not fit, K=5 does
+    prog = compile_model(model, calib, bits=6, neuron_budget=budget, validation=(xv, None), log=lines.append)
+    assert lines[-1].startswith(f"per-layer precision within --neuron-budget {budget}") and "(agreement)" in lines[-1]
+    _, report = fit_budget(model, calib, xv, None, budget, Options(bits=6))
+    assert lines[-1] == report.render()
+    assert static_cost(prog).neurons == report.neurons <= budget
+    assert report.base_bits == 5 and [u[0] for u in report.uniform] == [6, 5] and report.uniform[0][1] == sizes[6]
+    bits = gate_bits(prog)
+    groups = set(precision_groups(import_graph(model)).values())
+    assert report.assignment and all(bits[g] == report.assignment.get(g, 5) for g in groups)   # some raised
+    assert {c.group for c in report.sensitivity} == groups and all(c.bits == 6 for c in report.sensitivity)
+    # the score is measured on the returned program (after the floor-bias pass), at least the base's
+    got = float((predictions(prog, xv) == float_predictions(model, xv)).mean())
+    assert got == report.score >= report.base_score
+    assert_levels_equal(prog, xv[:8])
+
+
+def test_a_neuron_budget_that_fits_keeps_the_uniform_program_and_an_impossible_one_is_refused(case, tmp_path):
+    d, model, calib, xv, yv = case
+    uniform = compile_model(model, calib, bits=5)
+    n = static_cost(uniform).neurons
+    prog = compile_model(model, calib, bits=5, neuron_budget=n, validation=(xv, yv))
+    assert gate_bits(prog) == gate_bits(uniform) and static_cost(prog).neurons == n
+    with pytest.raises(ModelError, match=r"--neuron-budget 10: the fewest neurons of a uniform program down to K=2"):
+        compile_model(model, calib, bits=5, neuron_budget=10, validation=(xv, None))
+    np.save(tmp_path / "c.npy", calib)
+    np.save(tmp_path / "x.npy", xv)
+    run = lambda *a: CliRunner().invoke(main, [str(v) for v in a], catch_exceptions=False)  # noqa: E731
+    base = ("compile", model, "--calib", tmp_path / "c.npy", "-o", tmp_path / "m.amos", "--bits", 5)
+    r = run(*base, "--neuron-budget", 10, "--val-input", tmp_path / "x.npy")
+    assert r.exit_code == 2 and "--neuron-budget 10" in r.output and not (tmp_path / "m.amos").exists()
+    r = run(*base, "--val-input", tmp_path / "x.npy")
+    assert r.exit_code == 2 and "--neuron-budget" in r.output
+    budget = (n + static_cost(compile_model(model, calib, bits=4)).neurons) // 2
+    r = run(*base, "--neuron-budget", budget, "--val-input", tmp_path / "x.npy")
+    assert r.exit_code == 0, r.output
+    assert "per-layer precision within --neuron-budget" in r.output
+    assert static_cost(amosc.load(tmp_path / "m.amos")).neurons <= budget

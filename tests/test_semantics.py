@@ -77,6 +77,20 @@ def test_every_unit_fires_at_most_once_per_input(tmp_path):
     assert sum(int(r.sum()) for r in res.rasters.values()) > 0
 
 
+def test_evaluate_keeps_only_the_populations_asked_for(tmp_path, monkeypatch):
+    path = save(small_cnn(seed=6, residual=True), tmp_path / "cnn.onnx")
+    x = uniform_inputs((1, 12, 12), 20, seed=2)
+    program = amosc.compile(path, x[:12], bits=5)
+    full_counts, kept_counts = {}, {}
+    full = evaluate(program, x, spike_counts=full_counts)
+    monkeypatch.setattr("amosc.ir.semantics.eval_chunk", lambda prog: 3)   # several pieces, as a large program's
+    kept = evaluate(program, x, spike_counts=kept_counts, keep=[program.output])
+    assert list(kept) == [program.output] and np.array_equal(kept[program.output], full[program.output])
+    assert kept_counts.keys() == full_counts.keys()
+    assert all(np.array_equal(kept_counts[k], full_counts[k]) for k in full_counts)
+    assert evaluate(program, x, keep=()) == {}
+
+
 @pytest.mark.parametrize("interval,lanes", [(1, 1), (2, 3), (5, 2)])
 def test_pipelined_stream_equals_batch(tmp_path, interval, lanes):
     path = save(small_cnn(seed=2), tmp_path / "cnn.onnx")

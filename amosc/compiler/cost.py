@@ -287,7 +287,7 @@ def activity(program: Program, x: np.ndarray, batch: int = 64) -> dict:
     totals: dict = {}
     for i in range(0, len(x), batch):
         counts: dict = {}
-        evaluate(program, x[i:i + batch], spike_counts=counts)
+        evaluate(program, x[i:i + batch], spike_counts=counts, keep=())
         for name, c in counts.items():
             totals[name] = totals.get(name, 0) + int(c.sum())
     n = max(len(x), 1)

@@ -99,7 +99,7 @@ def correct_floor_bias(program: Program, x: np.ndarray, images: int = DEFAULT_IM
         elif np.any(per_channel):
             report.corrections[pop.name] = (float(per_channel.mean()), int(per_channel.max()))
         return pops[i]
-    evaluate(program, x, adjust=adjust)
+    evaluate(program, x, adjust=adjust, keep=())
     return Program(pops, program.projections, program.input, program.output,
                    {**program.options, "bias_correction": n}, program.provenance), report
 

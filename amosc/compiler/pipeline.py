@@ -208,8 +208,11 @@ def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, *,
     the latency budget, or the lowest latency within the neuron budget, at the same
     precision; an impossible budget raises ModelError naming the best achievable value.
     ``max_drop`` (top-1 points against the float model on ``validation`` = (inputs, labels)):
-    lower some gates' K where the measured loss is smallest (:mod:`.precision`); ``log(line)``
-    receives its progress and its report. Last, the ``correct_floor_bias`` pass
+    lower some gates' K where the measured loss is smallest (:mod:`.precision`). A
+    ``neuron_budget`` with ``validation`` = (inputs, labels or None) and no ``max_drop``: the
+    per-layer precision (K at most ``opts.bits``) with the highest measured score within the
+    budget (:func:`.precision.fit_budget`; accuracy with labels, else agreement with the float
+    model), then the structures. ``log(line)`` receives the searches' progress and reports. Last, the ``correct_floor_bias`` pass
     (:mod:`.floor_bias`) compensates the plane floors' mean in every bias, measured on the
     first ``opts.bias_correction`` calibration inputs (0: not run).
     """
@@ -219,7 +222,13 @@ def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, *,
         if strict:
             warnings.simplefilter("error", CalibrationWarning)
         try:
-            if max_drop is None:
+            if max_drop is None and neuron_budget is not None and validation is not None:
+                from .precision import fit_budget
+                program, report = fit_budget(model_path, calib, *validation, neuron_budget, opts,
+                                             limits=limits, calib_name=calib_name, log=log, dump=dump)
+                if log:
+                    log(report.render())
+            elif max_drop is None:
                 program = _compile(model_path, calib, opts, limits or Limits(), calib_name, dump)
             else:
                 if validation is None:

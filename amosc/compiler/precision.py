@@ -113,7 +113,7 @@ def predictions(program, x: np.ndarray, batch: int = 256, spikes: bool = False):
     preds, total = [], 0.0
     for i in range(0, len(x), batch):
         counts: dict | None = {} if spikes else None
-        out = evaluate(program, x[i:i + batch], spike_counts=counts)[program.output]
+        out = evaluate(program, x[i:i + batch], spike_counts=counts, keep=[program.output])[program.output]
         preds.append(decode(program.output_pop, out).reshape(len(out), -1).argmax(1))
         if spikes:
             total += float(sum(v.sum() for v in counts.values()))
@@ -144,6 +144,56 @@ def candidate_bits(bits: int, lowest: int) -> list:
     return list(range(bits - 1, max(lowest, 1) - 1, -1))
 
 
+class _Search:
+    """What both precision searches share: the imported graph (with the relays the program at
+    ``opts.bits`` needs), its precision groups, calibration at every candidate K (one float
+    run), and the measurement of an assignment (leader -> K) as :func:`~.pipeline.compile_model`
+    returns it (after the floor-bias pass): top-1 agreement with ``target`` on the validation
+    inputs, and neurons. ``target``: the labels (accuracy) or, with None, the float model's
+    own top-1 classes (agreement with onnxruntime)."""
+
+    def __init__(self, model_path, calib, x_val, target, opts, limits, calib_name, dump, ks, say):
+        from .calibrate import check_input_array
+        from .pipeline import build_relayed, calibrate, prepare
+        fg, self.calib = prepare(model_path, calib, opts, limits, calib_name, dump)
+        self.x_val = check_input_array(x_val, fg.input_shape, "validation input")
+        self.float_pred = float_predictions(model_path, self.x_val)
+        self.target = self.float_pred if target is None else np.asarray(target).reshape(-1)
+        if len(self.target) != len(self.x_val):
+            raise ModelError(f"{len(self.target)} labels for {len(self.x_val)} validation inputs")
+        # the program at --bits first: the relays (and coarsened fitted units) it needs stay in the graph
+        self.uniform, self.fg = build_relayed(fg, self.calib, opts, limits)
+        self.leader = precision_groups(self.fg)
+        self.groups = list(dict.fromkeys(self.leader.values()))
+        self.opts, self.limits, self.ks = opts, limits, sorted(set(ks) | {opts.bits})
+        say(f"calibrating for K in {self.ks[::-1]}")
+        self.cal = calibrate(self.fg, self.calib, opts, precisions=self.ks)
+
+    def program(self, assignment: dict, dump=None, narrow=()):
+        """The program with every group in ``assignment`` at its K (the rest at ``opts.bits``)."""
+        from .pipeline import build
+        K = self.opts.bits
+        merged = tuple({} for _ in range(2))
+        for g in self.fg.gates:
+            k = assignment.get(self.leader.get(g.name), K)
+            for part, table in zip(merged, self.cal[k][:2]):
+                if g.name in table:
+                    part[g.name] = table[g.name]
+        calibration = (*merged, self.cal[K][2], self.cal[K][3])
+        return build(with_bits(self.fg, self.leader, assignment, narrow), self.calib.shape[0], calibration,
+                     self.opts, self.limits, dump)
+
+    def score(self, prog) -> tuple:
+        """(top-1 agreement with the target, neurons) of ``prog`` after the floor-bias pass."""
+        from .pipeline import floor_bias
+        corrected = floor_bias(prog, self.calib, self.opts.bias_correction)
+        return float((predictions(corrected, self.x_val) == self.target).mean()), cost.static_cost(prog).neurons
+
+    def measure(self, assignment: dict, narrow=()):
+        prog = self.program(assignment, narrow=narrow)
+        return (prog, *self.score(prog))
+
+
 def choose_precision(model_path, calib, x_val, labels, max_drop: float, opts, *, limits=None,
                      calib_name: str = "", lowest: int | None = None, log=None, dump=None):
     """(program, :class:`PrecisionReport`): the fewest-neuron per-layer precision found (see the
@@ -153,48 +203,20 @@ def choose_precision(model_path, calib, x_val, labels, max_drop: float, opts, *,
     measured after the floor-bias pass (as compile_model returns the program); the program
     returned is the one before it (compile_model runs it last, after any structure choice).
     Raises ModelError when even uniform K loses more than ``max_drop``."""
-    from .calibrate import check_input_array
-    from .pipeline import build, build_relayed, calibrate, floor_bias, prepare
     from .resources import Limits
     if not max_drop >= 0:
         raise ModelError(f"--max-drop must be >= 0 accuracy points, got {max_drop}")
     labels = np.asarray(labels).reshape(-1)
     if len(labels) != len(x_val):
         raise ModelError(f"{len(labels)} labels for {len(x_val)} validation inputs")
-    limits = limits or Limits()
     say = log or (lambda msg: None)
     K = opts.bits
     lowest = max(2, K // 2) if lowest is None else lowest
-    fg, calib = prepare(model_path, calib, opts, limits, calib_name, dump)
-    x_val = check_input_array(x_val, fg.input_shape, "validation input")
-    float_acc = float((float_predictions(model_path, x_val) == labels).mean())
-    # the uniform program first: the relays (and coarsened fitted units) it needs stay in the graph
-    uniform, fg = build_relayed(fg, calib, opts, limits)
-    leader = precision_groups(fg)
-    groups = list(dict.fromkeys(leader.values()))
     ks = candidate_bits(K, lowest)
-    say(f"calibrating for K in {[K, *ks]}")
-    cal = calibrate(fg, calib, opts, precisions=[K, *ks])
-
-    def program_for(assignment: dict, dump=None, narrow=()):
-        merged = tuple({} for _ in range(2))
-        for g in fg.gates:
-            k = assignment.get(leader.get(g.name), K)
-            for part, table in zip(merged, cal[k][:2]):
-                if g.name in table:
-                    part[g.name] = table[g.name]
-        calibration = (*merged, cal[K][2], cal[K][3])
-        return build(with_bits(fg, leader, assignment, narrow), calib.shape[0], calibration, opts, limits, dump)
-
-    def score(prog):   # measured as compile_model returns it: with the floor-bias pass
-        corrected = floor_bias(prog, calib, opts.bias_correction)
-        return float((predictions(corrected, x_val) == labels).mean()), cost.static_cost(prog).neurons
-
-    def measure(assignment: dict, narrow=()):
-        prog = program_for(assignment, narrow=narrow)
-        return (prog, *score(prog))
-
-    uniform_acc, uniform_neurons = score(uniform)   # (program_for({}) builds the same program)
+    search = _Search(model_path, calib, x_val, labels, opts, limits or Limits(), calib_name, dump, ks, say)
+    float_acc = float((search.float_pred == labels).mean())
+    uniform, groups, measure = search.uniform, search.groups, search.measure
+    uniform_acc, uniform_neurons = search.score(uniform)   # (search.program({}) builds the same program)
     say(f"uniform K={K}: accuracy {100 * uniform_acc:.2f}% (float {100 * float_acc:.2f}%), "
         f"{uniform_neurons} neurons")
     if 100.0 * (float_acc - uniform_acc) > max_drop:
@@ -227,7 +249,7 @@ def choose_precision(model_path, calib, x_val, labels, max_drop: float, opts, *,
     narrow: list = []
     uniform_syn, best_syn = cost.static_cost(uniform).synapses, cost.static_cost(best).synapses
     if opts.weight_bits == 16:
-        names = {g.name for g in fg.gates}
+        names = {g.name for g in search.fg.gates}
         residue: dict = {}   # gate -> stored synapses of its second mantissa set
         for pr in best.projections:
             if pr.name.endswith("#lo") and pr.target in names:
@@ -239,7 +261,131 @@ def choose_precision(model_path, calib, x_val, labels, max_drop: float, opts, *,
                 narrow, best, best_acc, best_n, best_syn = [*narrow, g], prog, acc, n, syn
                 say(f"{g}: 8-bit weights kept (accuracy {100 * acc:.2f}%, {syn} synapses)")
     if dump:   # the chosen program once more, its passes dumped (the same deterministic build)
-        best = program_for(assignment, dump, narrow)
+        best = search.program(assignment, dump, narrow)
     report = PrecisionReport(K, float_acc, uniform_acc, uniform_neurons, best_acc, best_n, max_drop,
                              assignment, sens, len(x_val), narrow, uniform_syn, best_syn)
     return best, report
+
+
+@dataclass
+class BudgetReport:
+    """What :func:`fit_budget` measured and chose."""
+    bits: int                      # --bits: the highest K of any group
+    neuron_budget: int
+    metric: str                    # "agreement" (with the float model) or "accuracy" (with labels)
+    uniform: list                  # (K, neurons, score or None) of the uniform programs tried, K descending
+    base_bits: int                 # the highest uniform K within the budget
+    base_score: float
+    score: float                   # of the chosen program (measured)
+    neurons: int
+    assignment: dict               # group -> K, the groups raised above base_bits
+    predicted: float = 0.0         # the additive model's score of the chosen assignment
+    sensitivity: list = field(default_factory=list)   # Choice(group, K, score alone, -extra neurons)
+    inputs: int = 0
+
+    def render(self) -> str:
+        tried = ", ".join(f"K={k} {n} neurons" + (f" {100 * s:.2f}%" if s is not None else " (over)")
+                          for k, n, s in self.uniform)
+        lines = [f"per-layer precision within --neuron-budget {self.neuron_budget} on {self.inputs} validation "
+                 f"inputs ({self.metric}): uniform {tried}; chosen {self.neurons} neurons, {self.metric} "
+                 f"{100 * self.score:.2f}% (measured; base K={self.base_bits} {100 * self.base_score:.2f}%, "
+                 f"predicted {100 * self.predicted:.2f}%)"]
+        for g, k in sorted(self.assignment.items(), key=lambda t: -t[1]):
+            lines.append(f"  {g}: K={k}")
+        return "\n".join(lines)
+
+
+def fit_budget(model_path, calib, x_val, labels, neuron_budget: int, opts, *, limits=None,
+               calib_name: str = "", lowest: int | None = None, log=None, dump=None):
+    """(program, :class:`BudgetReport`): per-layer precision that fits ``neuron_budget``
+    neurons with the highest measured top-1 score on ``x_val`` (accuracy against ``labels``,
+    or with None agreement with the float model's classes).
+
+    1. **Base.** The uniform programs at K = --bits, K - 1, ... down to ``lowest`` (default
+       max(2, K // 2)) are built until one fits the budget: its K is the base K0 (none fits:
+       ModelError naming the fewest neurons reached; K itself fits: that program, unchanged).
+    2. **Error model, measured.** Every group (:func:`precision_groups`) alone at every K'
+       in (K0, K], the rest at K0: its score and its extra neurons.
+    3. **Selection.** A multiple-choice knapsack, solved exactly (scipy's HiGHS MILP): at most
+       one K' per group, maximizing the sum of the measured gains subject to the base's neurons
+       plus the extra neurons <= the budget. Gains of different groups interact, so the chosen
+       program is measured again; while it exceeds the budget (neurons are not exactly
+       additive), the raise with the least gain per neuron is undone.
+    4. **Guarantee.** The returned program has at most ``neuron_budget`` neurons (SAR
+       structures; a structure choice may then trade the slack for latency), and its measured
+       score on the validation inputs is at least the base's: otherwise the base is returned.
+       It is optimal for the additive model, not proven optimal."""
+    from .resources import Limits
+    say = log or (lambda msg: None)
+    K = opts.bits
+    lowest = max(2, K // 2) if lowest is None else lowest
+    search = _Search(model_path, calib, x_val, labels, opts, limits or Limits(), calib_name, dump,
+                     candidate_bits(K, lowest), say)
+    metric = "agreement" if labels is None else "accuracy"
+    uniform = []
+    base = None
+    for k in [K, *candidate_bits(K, lowest)]:
+        assignment = {g: k for g in search.groups}
+        prog = search.uniform if k == K else search.program(assignment)
+        n = cost.static_cost(prog).neurons
+        uniform.append([k, n, None])
+        say(f"uniform K={k}: {n} neurons" + (" (over the budget)" if n > neuron_budget else ""))
+        if n <= neuron_budget:
+            base = (k, assignment, prog, n)
+            break
+    if base is None:
+        raise ModelError(f"--neuron-budget {neuron_budget}: the fewest neurons of a uniform program down to "
+                         f"K={lowest} are {uniform[-1][1]} (K={uniform[-1][0]}); raise the budget, or lower --bits "
+                         "or --fitted-units")
+    k0, base_assign, base_prog, n0 = base
+    s0, _ = search.score(base_prog)
+    uniform[-1][2] = s0
+    say(f"uniform K={k0}: {metric} {100 * s0:.2f}%")
+    report = BudgetReport(K, neuron_budget, metric, [tuple(u) for u in uniform], k0, s0, s0, n0, {},
+                          s0, inputs=len(search.x_val))
+    if k0 == K:
+        return base_prog, report
+    options = []   # (group, K', gain, extra neurons)
+    for i, g in enumerate(search.groups):
+        for k in range(k0 + 1, K + 1):
+            _, s, n = search.measure({**base_assign, g: k})
+            report.sensitivity.append(Choice(g, k, s, n0 - n))
+            say(f"sensitivity {i + 1}/{len(search.groups)} {g} K={k}: {metric} {100 * s:.2f}%, "
+                f"{n - n0:+d} neurons")
+            if s > s0:
+                options.append((g, k, s - s0, n - n0))
+    chosen = _knapsack(options, neuron_budget - n0)
+    best = (base_prog, s0, n0, {})
+    while chosen:
+        raised = {g: k for g, k, _, _ in chosen}
+        prog, s, n = search.measure({**base_assign, **raised})
+        say(f"chosen {len(raised)} raises: {metric} {100 * s:.2f}%, {n} neurons")
+        if n <= neuron_budget:
+            if s >= s0:
+                best = (prog, s, n, raised)
+            break
+        chosen.remove(min(chosen, key=lambda o: o[2] / max(o[3], 1)))   # the least gain per neuron
+    prog, s, n, raised = best
+    report.score, report.neurons, report.assignment = s, n, raised
+    report.predicted = s0 + sum(o[2] for o in options if (o[0], o[1]) in raised.items())
+    if dump:
+        prog = search.program({**base_assign, **raised}, dump)
+    return prog, report
+
+
+def _knapsack(options: list, room: int) -> list:
+    """The options (group, K', gain, extra) with at most one per group, extras summing to at
+    most ``room``, of the largest total gain (exact, HiGHS)."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    if not options:
+        return []
+    groups = list(dict.fromkeys(o[0] for o in options))
+    rows = [[1.0 if o[0] == g else 0.0 for o in options] for g in groups]
+    rows.append([float(o[3]) for o in options])
+    lo = [0.0] * len(groups) + [-np.inf]
+    hi = [1.0] * len(groups) + [float(room)]
+    res = milp(-np.array([o[2] for o in options]), constraints=LinearConstraint(np.array(rows), lo, hi),
+               integrality=np.ones(len(options)), bounds=Bounds(0, 1))
+    if res.x is None:
+        return []
+    return [o for o, v in zip(options, res.x) if v > 0.5]

@@ -477,11 +477,14 @@ def eval_chunk(program: Program, memory: int = EVAL_MEMORY) -> int:
     return max(1, memory // per_image)
 
 
-def evaluate(program: Program, x: np.ndarray, spike_counts: dict | None = None, adjust=None) -> dict:
+def evaluate(program: Program, x: np.ndarray, spike_counts: dict | None = None, adjust=None,
+             keep=None) -> dict:
     """Level-1 evaluation of a program on float input x (N, *input_shape).
 
     Returns {population name: integer array (N, *shape)}: the codes of the input
-    and gate populations and the integer y of the readout. ``spike_counts``, when
+    and gate populations and the integer y of the readout; with ``keep`` (names) only
+    those populations' (a large program's codes of every population for many inputs
+    need more memory than the evaluation itself). ``spike_counts``, when
     given, receives {population: spikes per input (N,)} of the input and gates.
     The batch is evaluated :func:`eval_chunk` images at a time (every input is
     independent of the others, so pieces give the same integers). ``adjust``: see
@@ -490,13 +493,14 @@ def evaluate(program: Program, x: np.ndarray, spike_counts: dict | None = None, 
     n, step = x.shape[0], eval_chunk(program)
     if adjust is not None and n > step:
         raise IRError(f"evaluate with adjust takes at most {step} inputs of this program (one piece), got {n}")
+    keep = None if keep is None else frozenset(keep)
     if n <= step:
-        return _evaluate(program, x, spike_counts, adjust)
+        return _evaluate(program, x, spike_counts, adjust, keep)
     out: dict[str, np.ndarray] = {}
     counts: dict[str, np.ndarray] = {}
     for a in range(0, n, step):
         part_counts: dict = {}
-        part = _evaluate(program, x[a:a + step], part_counts if spike_counts is not None else None)
+        part = _evaluate(program, x[a:a + step], part_counts if spike_counts is not None else None, keep=keep)
         for store, got in ((out, part), (counts, part_counts)):
             for name, v in got.items():
                 if name not in store:
@@ -507,7 +511,7 @@ def evaluate(program: Program, x: np.ndarray, spike_counts: dict | None = None, 
     return out
 
 
-def _evaluate(program: Program, x: np.ndarray, spike_counts: dict | None, adjust=None) -> dict:
+def _evaluate(program: Program, x: np.ndarray, spike_counts: dict | None, adjust=None, keep=None) -> dict:
     """evaluate() on one piece of the batch; a population's spike planes are dropped after
     its last target. ``adjust(pop, a, dropped)``, when given, is called for every gate and
     readout with its synaptic input a and the fractions its plane floors dropped (the list
@@ -523,8 +527,10 @@ def _evaluate(program: Program, x: np.ndarray, spike_counts: dict | None, adjust
         last_use.setdefault(last, []).append(name)
     for i, pop in enumerate(program.populations):
         if isinstance(pop, InputPop):
-            out[pop.name] = encode_input(pop, x)
-            spikes[pop.name] = bit_planes(out[pop.name], pop.bits)
+            c = encode_input(pop, x)
+            spikes[pop.name] = bit_planes(c, pop.bits)
+            if keep is None or pop.name in keep:
+                out[pop.name] = c
             if spike_counts is not None:
                 spike_counts[pop.name] = _per_input(spikes[pop.name])
             continue
@@ -541,14 +547,18 @@ def _evaluate(program: Program, x: np.ndarray, spike_counts: dict | None, adjust
         y = pop.bias.astype(np.int64) + join(pop, a)
         del a
         if isinstance(pop, GatePop):
-            out[pop.name] = gate_code(pop.code, y)
-            z = bit_planes(out[pop.name], pop.code.bits) if pop.code.is_binary() else unit_spikes(pop.code, y)
+            c = gate_code(pop.code, y)
+            z = bit_planes(c, pop.code.bits) if pop.code.is_binary() else unit_spikes(pop.code, y)
+            if keep is None or pop.name in keep:
+                out[pop.name] = c
+            del c
             if spike_counts is not None:
                 spike_counts[pop.name] = _per_input(z)
             if pop.name in sources:
                 spikes[pop.name] = z
         elif isinstance(pop, ReadoutPop):
-            out[pop.name] = y
+            if keep is None or pop.name in keep:
+                out[pop.name] = y
         else:
             raise IRError(f"unknown population kind {type(pop).__name__}")
     return out
