@@ -134,6 +134,10 @@ def _option(text: str) -> tuple:
     types = {f.name: type(getattr(Options(), f.name)) for f in fields(Options)}
     if key not in types or not value:
         raise SystemExit(f"--variant {text!r}: expected OPTION=VALUE with OPTION one of {sorted(types)}")
+    if types[key] is bool:   # bool("False") is True
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise SystemExit(f"--variant {text!r}: {key} takes true or false")
+        return key, value.lower() in ("true", "1")
     return key, types[key](value)
 
 

@@ -208,16 +208,8 @@ BEGIN, END = "<!-- eval_speed:begin -->", "<!-- eval_speed:end -->"
 
 def write(path, lines):
     """Replace the text between BEGIN and END in ``path`` (or append them with the table)."""
-    from amosc.ir.serialize import atomic_write
-    text = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
-    block = "\n".join([BEGIN, *lines, END])
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text + ("\n" if text else "") + block + "\n"
-    body = text.encode()
-    atomic_write(path, lambda f: f.write(body))
+    from docblock import write_block
+    write_block(path, BEGIN, END, lines)
 
 
 if __name__ == "__main__":

@@ -91,6 +91,19 @@ def test_evaluate_keeps_only_the_populations_asked_for(tmp_path, monkeypatch):
     assert evaluate(program, x, keep=()) == {}
 
 
+def test_an_evaluated_program_is_freed_with_its_weight_caches(tmp_path):
+    import gc
+    import weakref
+    path = save(small_cnn(seed=7, residual=True), tmp_path / "cnn.onnx")
+    x = uniform_inputs((1, 12, 12), 12, seed=4)
+    program = amosc.compile(path, x, bits=4)
+    evaluate(program, x)                      # fills the per-projection caches (float weights, conv sessions)
+    refs = [weakref.ref(pr) for pr in program.projections]
+    del program
+    gc.collect()
+    assert refs and all(r() is None for r in refs)   # searches evaluate hundreds of programs
+
+
 @pytest.mark.parametrize("interval,lanes", [(1, 1), (2, 3), (5, 2)])
 def test_pipelined_stream_equals_batch(tmp_path, interval, lanes):
     path = save(small_cnn(seed=2), tmp_path / "cnn.onnx")

@@ -145,7 +145,10 @@ class _Weights:
             absw = np.abs(w.astype(np.int16)).reshape(w.shape[0], -1)
             self.row_abs = int(absw.sum(axis=1, dtype=np.int64).max()) if absw.size else 0
         del absw
-        self.proj, self.by_dtype = proj, {}
+        # not the projection itself: this object is the value of a WeakKeyDictionary keyed by
+        # it, and a strong reference back would keep every evaluated program's weights alive
+        self.weight, self.kind, self.attrs, self.out_shape = w, proj.kind, proj.attrs, tuple(proj.out_shape)
+        self.by_dtype = {}
         #: (kind, q): a cheaper exact form of the same integer map, or None. "global": a conv
         #: whose kernel covers the whole input and repeats one weight per (output, input)
         #: channel (GAP-then-FC heads, squeeze-excitation): a spatial sum, then q (C_out,
@@ -157,25 +160,25 @@ class _Weights:
 
     def apply_fast(self, x: np.ndarray) -> np.ndarray:
         kind, q = self.fast
-        n, proj = x.shape[0], self.proj
+        n = x.shape[0]
         q = q.astype(x.dtype, copy=False)
         if kind == "global":
             s = x.reshape(n, x.shape[1], -1).sum(axis=2)          # (n, C_in)
-            g = proj.attrs["groups"]
+            g = self.attrs["groups"]
             if g == 1:
                 y = s @ q.T
             else:  # groups: output o reads input channels of its group
                 cig, cog = x.shape[1] // g, q.shape[0] // g
                 y = np.einsum("ngi,goi->ngo", s.reshape(n, g, cig), q.reshape(g, cog, cig)).reshape(n, -1)
-            return y.reshape((n, *proj.out_shape))
+            return y.reshape((n, *self.out_shape))
         y = x.reshape(n, -1) @ q.T                                 # (n, C_out)
-        co = proj.out_shape[0]
-        return np.repeat(y[:, :, None], int(np.prod(proj.out_shape)) // co, axis=2).reshape((n, *proj.out_shape))
+        co = self.out_shape[0]
+        return np.repeat(y[:, :, None], int(np.prod(self.out_shape)) // co, axis=2).reshape((n, *self.out_shape))
 
     def get(self, dtype):
         if dtype not in self.by_dtype:
-            w = self.proj.weight
-            self.by_dtype[dtype] = w.astype(dtype) if self.proj.kind == "sparse" else np.asarray(w, dtype)
+            w = self.weight
+            self.by_dtype[dtype] = w.astype(dtype) if self.kind == "sparse" else np.asarray(w, dtype)
         return self.by_dtype[dtype]
 
     def conv32(self, x: np.ndarray) -> np.ndarray:
@@ -185,14 +188,14 @@ class _Weights:
         below 2^24, so any order of float32 multiply-adds gives the integer sum (tested against
         int64 products in tests/test_semantics.py)."""
         if "session" not in self.by_dtype:
-            self.by_dtype["session"] = _conv_session(self.get(np.float32), self.proj.attrs)
+            self.by_dtype["session"] = _conv_session(self.get(np.float32), self.attrs)
         sess = self.by_dtype["session"]
         n = x.shape[0]
-        per_image = 4 * (int(np.prod(x.shape[1:])) + int(np.prod(self.proj.out_shape)))
+        per_image = 4 * (int(np.prod(x.shape[1:])) + int(np.prod(self.out_shape)))
         step = max(1, CONV_CHUNK_BYTES // max(1, per_image))
         if n <= step:
             return sess.run(None, {"x": x})[0]
-        out = np.empty((n, *self.proj.out_shape), np.float32)
+        out = np.empty((n, *self.out_shape), np.float32)
         for a in range(0, n, step):
             out[a:a + step] = sess.run(None, {"x": x[a:a + step]})[0]
         return out
