@@ -182,3 +182,22 @@ def test_a_neuron_budget_that_fits_keeps_the_uniform_program_and_an_impossible_o
     assert r.exit_code == 0, r.output
     assert "per-layer precision within --neuron-budget" in r.output
     assert static_cost(amosc.load(tmp_path / "m.amos")).neurons <= budget
+
+
+def test_the_budget_knapsack_is_exact_against_brute_force():
+    import itertools
+    from amosc.compiler.precision import _knapsack
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        options = [(f"g{g}", k, float(rng.uniform(0, 1)), int(rng.integers(0, 60)))
+                   for g in range(int(rng.integers(1, 5))) for k in range(5, 5 + int(rng.integers(1, 4)))]
+        room = int(rng.integers(0, 120))
+        groups = sorted({o[0] for o in options})
+        best = 0.0
+        for pick in itertools.product(*[[None, *[o for o in options if o[0] == g]] for g in groups]):
+            chosen = [o for o in pick if o is not None]
+            if sum(o[3] for o in chosen) <= room:
+                best = max(best, sum(o[2] for o in chosen))
+        got = _knapsack(options, room)
+        assert sum(o[3] for o in got) <= room and len({o[0] for o in got}) == len(got)
+        assert abs(sum(o[2] for o in got) - best) < 1e-6

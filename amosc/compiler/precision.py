@@ -388,7 +388,7 @@ def fit_budget(model_path, calib, x_val, labels, neuron_budget: int, opts, *, li
     report = BudgetReport(K, neuron_budget, metric, [tuple(u) for u in uniform], k0, s0, s0, n0, {},
                           e0, inputs=len(search.x_val), base_error=e0, error=e0)
     if k0 == K:
-        return base_prog, report
+        return (search.program(base_assign, dump) if dump else base_prog), report
     options = []   # (group, K', gain: the logit error it removes, extra neurons)
     for i, g in enumerate(search.groups):
         for k in range(k0 + 1, K + 1):
