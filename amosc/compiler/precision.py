@@ -319,7 +319,7 @@ class BudgetReport:
     score: float                   # of the chosen program (measured)
     neurons: int
     assignment: dict               # group -> K, the groups raised above base_bits
-    predicted: float = 0.0         # the additive model's logit error of the chosen assignment
+    predicted: float = 0.0         # the additive model's score of the chosen assignment
     sensitivity: list = field(default_factory=list)   # Choice(group, K, score alone, -extra neurons, error)
     inputs: int = 0
     base_error: float = 0.0        # logit errors (:func:`logit_error`) of the base and the chosen program
@@ -330,8 +330,8 @@ class BudgetReport:
                           for k, n, s in self.uniform)
         lines = [f"per-layer precision within --neuron-budget {self.neuron_budget} on {self.inputs} validation "
                  f"inputs ({self.metric}): uniform {tried}; chosen {self.neurons} neurons, {self.metric} "
-                 f"{100 * self.score:.2f}% (measured; base K={self.base_bits} {100 * self.base_score:.2f}%); "
-                 f"logit error {self.error:.4f} (base {self.base_error:.4f}, predicted {self.predicted:.4f})"]
+                 f"{100 * self.score:.2f}% (measured; base K={self.base_bits} {100 * self.base_score:.2f}%, "
+                 f"predicted {100 * self.predicted:.2f}%); logit error {self.error:.4f} (base {self.base_error:.4f})"]
         for g, k in sorted(self.assignment.items(), key=lambda t: -t[1]):
             lines.append(f"  {g}: K={k}")
         return "\n".join(lines)
@@ -347,11 +347,10 @@ def fit_budget(model_path, calib, x_val, labels, neuron_budget: int, opts, *, li
        max(2, K // 2)) are built until one fits the budget: its K is the base K0 (none fits:
        ModelError naming the fewest neurons reached; K itself fits: that program, unchanged).
     2. **Error model, measured.** Every group (:func:`precision_groups`) alone at every K'
-       in (K0, K], the rest at K0: its extra neurons and its :func:`logit_error` against the
-       float model (a smooth measure: top-1 agreement on a few hundred inputs moves by whole
-       inputs, and a search that ranks by it picks lucky noise).
+       in (K0, K], the rest at K0: its extra neurons and its top-1 score (its
+       :func:`logit_error` is logged too: ranking by it was tried and chose worse programs).
     3. **Selection.** A multiple-choice knapsack, solved exactly (scipy's HiGHS MILP): at most
-       one K' per group, maximizing the sum of the measured error reductions subject to the
+       one K' per group, maximizing the sum of the measured score gains subject to the
        base's neurons plus the extra neurons <= the budget. Gains of different groups interact, so the chosen
        program is measured again; while it exceeds the budget (neurons are not exactly
        additive), the raise with the least gain per neuron is undone.
@@ -389,15 +388,15 @@ def fit_budget(model_path, calib, x_val, labels, neuron_budget: int, opts, *, li
                           e0, inputs=len(search.x_val), base_error=e0, error=e0)
     if k0 == K:
         return (search.program(base_assign, dump) if dump else base_prog), report
-    options = []   # (group, K', gain: the logit error it removes, extra neurons)
+    options = []   # (group, K', gain: the top-1 score it adds, extra neurons)
     for i, g in enumerate(search.groups):
         for k in range(k0 + 1, K + 1):
             _, s, n, e = search.measure({**base_assign, g: k}, error=True)
             report.sensitivity.append(Choice(g, k, s, n0 - n, e))
             say(f"sensitivity {i + 1}/{len(search.groups)} {g} K={k}: logit error {e:.4f}, {metric} "
                 f"{100 * s:.2f}%, {n - n0:+d} neurons")
-            if e < e0:
-                options.append((g, k, e0 - e, n - n0))
+            if s > s0:
+                options.append((g, k, s - s0, n - n0))
     chosen = _knapsack(options, neuron_budget - n0)
     best = (base_prog, s0, n0, {}, e0)
     while chosen:
@@ -411,7 +410,7 @@ def fit_budget(model_path, calib, x_val, labels, neuron_budget: int, opts, *, li
         chosen.remove(min(chosen, key=lambda o: o[2] / max(o[3], 1)))   # the least gain per neuron
     prog, s, n, raised, e = best
     report.score, report.neurons, report.assignment, report.error = s, n, raised, e
-    report.predicted = e0 - sum(o[2] for o in options if (o[0], o[1]) in raised.items())
+    report.predicted = s0 + sum(o[2] for o in options if (o[0], o[1]) in raised.items())
     if dump:
         prog = search.program({**base_assign, **raised}, dump)
     return prog, report
