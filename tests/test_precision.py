@@ -155,6 +155,7 @@ def test_a_neuron_budget_with_validation_data_chooses_per_layer_k_within_it(case
     groups = set(precision_groups(import_graph(model)).values())
     assert report.assignment and all(bits[g] == report.assignment.get(g, 5) for g in groups)   # some raised
     assert {c.group for c in report.sensitivity} == groups and all(c.bits == 6 for c in report.sensitivity)
+    assert report.predicted >= report.base_score   # the additive model: the base plus the raises' gains
     # the score is measured on the returned program (after the floor-bias pass), at least the base's
     got = float((predictions(prog, xv) == float_predictions(model, xv)).mean())
     assert got == report.score >= report.base_score
@@ -167,6 +168,10 @@ def test_a_neuron_budget_that_fits_keeps_the_uniform_program_and_an_impossible_o
     n = static_cost(uniform).neurons
     prog = compile_model(model, calib, bits=5, neuron_budget=n, validation=(xv, yv))
     assert gate_bits(prog) == gate_bits(uniform) and static_cost(prog).neurons == n
+    with pytest.raises(ModelError, match=r"^3 labels for 120 validation inputs"):
+        compile_model(model, calib, bits=5, neuron_budget=n, validation=(xv, yv[:3]))
+    with pytest.raises(ModelError, match=r"^3 labels for 120 validation inputs"):
+        compile_model(model, calib, bits=5, max_drop=1.0, validation=(xv, yv[:3]))
     with pytest.raises(ModelError, match=r"--neuron-budget 10: the fewest neurons of a uniform program down to K=2"):
         compile_model(model, calib, bits=5, neuron_budget=10, validation=(xv, None))
     np.save(tmp_path / "c.npy", calib)

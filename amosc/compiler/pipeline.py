@@ -212,9 +212,10 @@ def compile_model(model_path, calib: np.ndarray, opts: Options | None = None, *,
     ``neuron_budget`` with ``validation`` = (inputs, labels or None) and no ``max_drop``: the
     per-layer precision (K at most ``opts.bits``) with the highest measured score within the
     budget (:func:`.precision.fit_budget`; accuracy with labels, else agreement with the float
-    model), then the structures. ``log(line)`` receives the searches' progress and reports. Last, the ``correct_floor_bias`` pass
-    (:mod:`.floor_bias`) compensates the plane floors' mean in every bias, measured on the
-    first ``opts.bias_correction`` calibration inputs (0: not run).
+    model), then the structures. ``log(line)`` receives the searches' progress and reports.
+    Last, the ``correct_floor_bias`` pass (:mod:`.floor_bias`) compensates the plane floors'
+    mean in every bias, measured on the first ``opts.bias_correction`` calibration inputs (0:
+    not run).
     """
     import warnings
     opts = opts or Options(**kw)

@@ -246,15 +246,12 @@ def choose_precision(model_path, calib, x_val, labels, max_drop: float, opts, *,
     from .resources import Limits
     if not max_drop >= 0:
         raise ModelError(f"--max-drop must be >= 0 accuracy points, got {max_drop}")
-    labels = np.asarray(labels).reshape(-1)
-    if len(labels) != len(x_val):
-        raise ModelError(f"{len(labels)} labels for {len(x_val)} validation inputs")
     say = log or (lambda msg: None)
     K = opts.bits
     lowest = max(2, K // 2) if lowest is None else lowest
     ks = candidate_bits(K, lowest)
     search = _Search(model_path, calib, x_val, labels, opts, limits or Limits(), calib_name, dump, ks, say)
-    float_acc = float((search.float_pred == labels).mean())
+    float_acc = float((search.float_pred == search.target).mean())   # target: the labels
     uniform, groups, measure = search.uniform, search.groups, search.measure
     uniform_acc, uniform_neurons = search.score(uniform)   # (search.program({}) builds the same program)
     say(f"uniform K={K}: accuracy {100 * uniform_acc:.2f}% (float {100 * float_acc:.2f}%), "
@@ -362,12 +359,12 @@ def fit_budget(model_path, calib, x_val, labels, neuron_budget: int, opts, *, li
     say = log or (lambda msg: None)
     K = opts.bits
     lowest = max(2, K // 2) if lowest is None else lowest
-    search = _Search(model_path, calib, x_val, labels, opts, limits or Limits(), calib_name, dump,
-                     candidate_bits(K, lowest), say)
+    ks = candidate_bits(K, lowest)
+    search = _Search(model_path, calib, x_val, labels, opts, limits or Limits(), calib_name, dump, ks, say)
     metric = "agreement" if labels is None else "accuracy"
     uniform = []
     base = None
-    for k in [K, *candidate_bits(K, lowest)]:
+    for k in [K, *ks]:
         assignment = {g: k for g in search.groups}
         prog = search.uniform if k == K else search.program(assignment)
         n = cost.static_cost(prog).neurons
@@ -385,7 +382,7 @@ def fit_budget(model_path, calib, x_val, labels, neuron_budget: int, opts, *, li
     uniform[-1][2] = s0
     say(f"uniform K={k0}: {metric} {100 * s0:.2f}%, logit error {e0:.4f}")
     report = BudgetReport(K, neuron_budget, metric, [tuple(u) for u in uniform], k0, s0, s0, n0, {},
-                          e0, inputs=len(search.x_val), base_error=e0, error=e0)
+                          s0, inputs=len(search.x_val), base_error=e0, error=e0)
     if k0 == K:
         return (search.program(base_assign, dump) if dump else base_prog), report
     options = []   # (group, K', gain: the top-1 score it adds, extra neurons)
