@@ -407,7 +407,7 @@ def fit_budget(model_path, calib, x_val, labels, neuron_budget: int, opts, *, li
         chosen.remove(min(chosen, key=lambda o: o[2] / max(o[3], 1)))   # the least gain per neuron
     prog, s, n, raised, e = best
     report.score, report.neurons, report.assignment, report.error = s, n, raised, e
-    report.predicted = s0 + sum(o[2] for o in options if (o[0], o[1]) in raised.items())
+    report.predicted = min(1.0, s0 + sum(o[2] for o in options if (o[0], o[1]) in raised.items()))   # a score
     if dump:
         prog = search.program({**base_assign, **raised}, dump)
     return prog, report
