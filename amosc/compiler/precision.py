@@ -40,6 +40,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..ir.semantics import decode, evaluate
+from ..progress import progress
 from . import cost
 
 
@@ -262,12 +263,11 @@ def choose_precision(model_path, calib, x_val, labels, max_drop: float, opts, *,
                          f"model's {100 * float_acc:.2f}% (a drop of {100 * (float_acc - uniform_acc):.2f} pt); "
                          "raise --max-drop or --bits")
     sens = []
-    for i, g in enumerate(groups):
-        for k in ks:
-            _, acc, n = measure({g: k})
-            sens.append(Choice(g, k, acc, uniform_neurons - n))
-            say(f"sensitivity {i + 1}/{len(groups)} {g} K={k}: accuracy {100 * acc:.2f}%, "
-                f"saves {uniform_neurons - n} neurons")
+    for i, g, k in progress([(i, g, k) for i, g in enumerate(groups) for k in ks], desc="sensitivity"):
+        _, acc, n = measure({g: k})
+        sens.append(Choice(g, k, acc, uniform_neurons - n))
+        say(f"sensitivity {i + 1}/{len(groups)} {g} K={k}: accuracy {100 * acc:.2f}%, "
+            f"saves {uniform_neurons - n} neurons")
 
     def value(g):   # the group's best saving per point of measured loss
         return max(c.saved / max(100.0 * (uniform_acc - c.accuracy), 0.01) for c in sens if c.group == g)
@@ -386,14 +386,14 @@ def fit_budget(model_path, calib, x_val, labels, neuron_budget: int, opts, *, li
     if k0 == K:
         return (search.program(base_assign, dump) if dump else base_prog), report
     options = []   # (group, K', gain: the top-1 score it adds, extra neurons)
-    for i, g in enumerate(search.groups):
-        for k in range(k0 + 1, K + 1):
-            _, s, n, e = search.measure({**base_assign, g: k}, error=True)
-            report.sensitivity.append(Choice(g, k, s, n0 - n, e))
-            say(f"sensitivity {i + 1}/{len(search.groups)} {g} K={k}: logit error {e:.4f}, {metric} "
-                f"{100 * s:.2f}%, {n - n0:+d} neurons")
-            if s > s0:
-                options.append((g, k, s - s0, n - n0))
+    for i, g, k in progress([(i, g, k) for i, g in enumerate(search.groups) for k in range(k0 + 1, K + 1)],
+                            desc="sensitivity"):
+        _, s, n, e = search.measure({**base_assign, g: k}, error=True)
+        report.sensitivity.append(Choice(g, k, s, n0 - n, e))
+        say(f"sensitivity {i + 1}/{len(search.groups)} {g} K={k}: logit error {e:.4f}, {metric} "
+            f"{100 * s:.2f}%, {n - n0:+d} neurons")
+        if s > s0:
+            options.append((g, k, s - s0, n - n0))
     chosen = _knapsack(options, neuron_budget - n0)
     best = (base_prog, s0, n0, {}, e0)
     while chosen:

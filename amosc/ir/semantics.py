@@ -522,6 +522,7 @@ def _evaluate(program: Program, x: np.ndarray, spike_counts: dict | None, adjust
     pass changes biases this way, every later population seeing the adjusted codes)."""
     out: dict[str, np.ndarray] = {}
     spikes: dict[str, np.ndarray] = {}
+    kept = {p.name for p in program.populations} if keep is None else keep   # whose values are returned
     order = {p.name: i for i, p in enumerate(program.populations)}
     last_use: dict[int, list] = {}
     sources = {pr.source for pr in program.projections}
@@ -532,7 +533,7 @@ def _evaluate(program: Program, x: np.ndarray, spike_counts: dict | None, adjust
         if isinstance(pop, InputPop):
             c = encode_input(pop, x)
             spikes[pop.name] = bit_planes(c, pop.bits)
-            if keep is None or pop.name in keep:
+            if pop.name in kept:
                 out[pop.name] = c
             if spike_counts is not None:
                 spike_counts[pop.name] = _per_input(spikes[pop.name])
@@ -552,7 +553,7 @@ def _evaluate(program: Program, x: np.ndarray, spike_counts: dict | None, adjust
         if isinstance(pop, GatePop):
             c = gate_code(pop.code, y)
             z = bit_planes(c, pop.code.bits) if pop.code.is_binary() else unit_spikes(pop.code, y)
-            if keep is None or pop.name in keep:
+            if pop.name in kept:
                 out[pop.name] = c
             del c
             if spike_counts is not None:
@@ -560,7 +561,7 @@ def _evaluate(program: Program, x: np.ndarray, spike_counts: dict | None, adjust
             if pop.name in sources:
                 spikes[pop.name] = z
         elif isinstance(pop, ReadoutPop):
-            if keep is None or pop.name in keep:
+            if pop.name in kept:
                 out[pop.name] = y
         else:
             raise IRError(f"unknown population kind {type(pop).__name__}")
