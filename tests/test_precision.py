@@ -154,12 +154,33 @@ def test_a_neuron_budget_with_validation_data_chooses_per_layer_k_within_it(case
     bits = gate_bits(prog)
     groups = set(precision_groups(import_graph(model)).values())
     assert report.assignment and all(bits[g] == report.assignment.get(g, 5) for g in groups)   # some raised
-    assert {c.group for c in report.sensitivity} == groups and all(c.bits == 6 for c in report.sensitivity)
+    over = {ln.split()[2] for ln in lines if ln.endswith("over the budget alone")}
+    assert {c.group for c in report.sensitivity} | over == groups and all(c.bits == 6 for c in report.sensitivity)
+    assert all(report.uniform[-1][1] - c.saved <= budget for c in report.sensitivity)
     assert report.predicted >= report.base_score   # the additive model: the base plus the raises' gains
     # the score is measured on the returned program (after the floor-bias pass), at least the base's
     got = float((predictions(prog, xv) == float_predictions(model, xv)).mean())
     assert got == report.score >= report.base_score
     assert_levels_equal(prog, xv[:8])
+
+
+def test_raises_over_the_budget_alone_are_not_measured(case):
+    d, model, calib, xv, _ = case
+    _, first = fit_budget(model, calib, xv, None, static_cost(compile_model(model, calib, bits=5)).neurons,
+                          Options(bits=6))
+    room = min(-c.saved for c in first.sensitivity) + 1    # the cheapest raise fits, not every one
+    budget = first.uniform[-1][1] + room
+    lines = []
+    _, report = fit_budget(model, calib, xv, None, budget, Options(bits=6), log=lines.append)
+    assert report.uniform == first.uniform
+    over = [ln for ln in lines if ln.endswith("over the budget alone")]
+    assert room > 0 and over
+    for ln in over:   # "sensitivity i/G <group> K=k: +n neurons, over the budget alone"
+        assert int(ln.split(": ")[1].split()[0]) > room
+    measured = {(c.group, c.bits) for c in report.sensitivity}
+    assert measured.isdisjoint((ln.split()[2], int(ln.split()[3][2:-1])) for ln in over)
+    assert measured and all(-c.saved <= room for c in report.sensitivity)
+    assert report.neurons <= budget
 
 
 def test_a_neuron_budget_that_fits_keeps_the_uniform_program_and_an_impossible_one_is_refused(case, tmp_path):

@@ -344,7 +344,8 @@ def fit_budget(model_path, calib, x_val, labels, neuron_budget: int, opts, *, li
        max(2, K // 2)) are built until one fits the budget: its K is the base K0 (none fits:
        ModelError naming the fewest neurons reached; K itself fits: that program, unchanged).
     2. **Error model, measured.** Every group (:func:`precision_groups`) alone at every K'
-       in (K0, K], the rest at K0: its extra neurons and its top-1 score (its
+       in (K0, K], the rest at K0: its extra neurons and, unless those alone exceed the
+       budget (such a raise is never chosen, so it is not measured), its top-1 score (its
        :func:`logit_error` is logged too: ranking by it was tried and chose worse programs).
     3. **Selection.** A multiple-choice knapsack, solved exactly (scipy's HiGHS MILP): at most
        one K' per group, maximizing the sum of the measured score gains subject to the
@@ -388,7 +389,12 @@ def fit_budget(model_path, calib, x_val, labels, neuron_budget: int, opts, *, li
     options = []   # (group, K', gain: the top-1 score it adds, extra neurons)
     for i, g, k in progress([(i, g, k) for i, g in enumerate(search.groups) for k in range(k0 + 1, K + 1)],
                             desc="sensitivity"):
-        _, s, n, e = search.measure({**base_assign, g: k}, error=True)
+        prog = search.program({**base_assign, g: k})
+        n = cost.static_cost(prog).neurons
+        if n > neuron_budget:   # over the budget alone: never chosen, not measured
+            say(f"sensitivity {i + 1}/{len(search.groups)} {g} K={k}: {n - n0:+d} neurons, over the budget alone")
+            continue
+        s, _, e = search.score(prog, error=True)
         report.sensitivity.append(Choice(g, k, s, n0 - n, e))
         say(f"sensitivity {i + 1}/{len(search.groups)} {g} K={k}: logit error {e:.4f}, {metric} "
             f"{100 * s:.2f}%, {n - n0:+d} neurons")
