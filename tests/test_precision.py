@@ -217,6 +217,9 @@ def test_the_budget_knapsack_is_exact_against_brute_force():
     for _ in range(30):
         options = [(f"g{g}", k, float(rng.uniform(0, 1)), int(rng.integers(0, 60)))
                    for g in range(int(rng.integers(1, 5))) for k in range(5, 5 + int(rng.integers(1, 4)))]
+        # settings with fewer neurons (a smaller fitted unit), at a loss: they may fund a gain elsewhere
+        options += [(f"g{g}", (4, 6), -float(rng.uniform(0, 0.3)), -int(rng.integers(1, 60)))
+                    for g in range(int(rng.integers(0, 3)))]
         room = int(rng.integers(0, 120))
         groups = sorted({o[0] for o in options})
         best = 0.0
@@ -227,3 +230,34 @@ def test_the_budget_knapsack_is_exact_against_brute_force():
         got = _knapsack(options, room)
         assert sum(o[3] for o in got) <= room and len({o[0] for o in got}) == len(got)
         assert abs(sum(o[2] for o in got) - best) < 1e-6
+
+
+def test_a_neuron_budget_weighs_fitted_unit_sizes_per_layer(tmp_path):
+    from test_activations import _act_model
+    from amosc.compiler.precision import unit_sizes
+    path = save(_act_model("SiLU", seed=5), tmp_path / "m.onnx")
+    x = structured_inputs((1, 8, 8), 120, seed=6)
+    calib, xv = x[:60], x[60:]
+    opts = Options(bits=4, fitted_units=8)
+    sizes = {k: static_cost(compile_model(path, calib, bits=k, fitted_units=8)).neurons for k in (4, 3)}
+    budget = sizes[3] + 4 * 64                  # K=4 is over: base K=3, room for a few more neurons
+    lines = []
+    prog, report = fit_budget(path, calib, xv, None, budget, opts, log=lines.append)
+    assert report.base_bits == 3 and unit_sizes(8) == [6, 10, 12]
+    unit_choices = [c for c in report.sensitivity if c.units is not None]
+    over = [ln for ln in lines if "units=" in ln and ln.endswith("over the budget alone")]
+    # every size was tried on the SiLU layer (4 channels of 8 x 8): measured, or over the budget alone
+    assert sorted([c.units for c in unit_choices] + [int(ln.split("units=")[1].split(":")[0]) for ln in over]) == [6, 10, 12]
+    for c in unit_choices:   # larger units: exactly (N - 8) neurons per element more, the rest unchanged
+        assert c.bits == 3 and (c.units < 8 or -c.saved == (c.units - 8) * 4 * 8 * 8)
+    assert static_cost(prog).neurons == report.neurons <= budget
+    for g, n in report.units.items():
+        assert prog.pop(g).code.bits == n
+    # a program with a chosen unit size is exact across levels like any other
+    from amosc.compiler.precision import _Search
+    from amosc.compiler.resources import Limits
+    search = _Search(path, calib, xv, None, opts, Limits(), "", None, [3], lambda m: None)
+    (g,) = search.unit_groups()
+    p12 = search.program({h: 3 for h in search.groups}, units={g: 12})
+    assert p12.pop(g).code.bits == 12
+    assert_levels_equal(p12, xv[:8])

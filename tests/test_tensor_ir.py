@@ -58,6 +58,7 @@ def test_verifier_rules(graph):
         "partner": _gate(graph, 1, partner="nowhere"),
         "upper must be finite": _gate(graph, 0, upper=-1.0),
         "bits must be": _gate(graph, 0, bits=0),
+        "units must be 1..255 neurons of a fitted gate": _gate(graph, 0, units=8),   # a ReLU gate
         "not (classes,)": replace(graph, readout=graph.gates[-1].expr),
     }
     for needle, g in bad.items():

@@ -50,7 +50,8 @@ def expand_fitted(fg: TensorGraph, ranges: dict, bits: int, balance: dict | None
     (``--fitted-units``): a fitted gate (not a product's square) becomes one N-neuron fitted
     AMOS unit per element instead (:mod:`.unitfit`, fitted on its calibration sample) where
     that unit's rms error on the sample is at most the segments' (so never a less accurate
-    gate); its ``bits`` are N. Without a sample (bare ranges) the segments stay."""
+    gate); its ``bits`` are N. A gate's own ``units`` overrides N (per-layer unit size).
+    Without a sample (bare ranges) the segments stay."""
     squares = {g.name for g in fg.gates if g.partner} | {g.partner for g in fg.gates if g.partner}
     replaced: dict[str, Expr] = {}   # gate -> its value read from its segments (and ReLU part)
     balanced: dict[str, Expr] = {}
@@ -82,9 +83,10 @@ def expand_fitted(fg: TensorGraph, ranges: dict, bits: int, balance: dict | None
         if isinstance(rng, FitRange) and rng.sample is not None:
             adc = None if relu is None else (relu[1], relu[2], top)   # the ReLU split's ADC: slopes, kinks, tops
             f = _centre(gate.fn, f, rng.sample, k, rounding, adc)
-            if units and gate.name not in squares:
+            n = units if gate.units is None else gate.units   # a gate's own unit size first
+            if n and gate.name not in squares:
                 seg_rms = _rms(_fit_value(f, rng.sample, k, rounding, adc) - gate.fn(np.asarray(rng.sample, np.float64)))
-                unit = _unit_gate(gate, expr, rng.sample, units, seg_rms)
+                unit = _unit_gate(gate, expr, rng.sample, n, seg_rms)
                 if unit.fit.rms_err <= seg_rms:   # the unit where it is at least as accurate
                     gates.append(unit)
                     replaced[gate.name] = _segment_sum(gate, tuple(gate.shape), unit.fit, None)

@@ -52,6 +52,7 @@ class Choice:
     accuracy: float        # the program with only this group at ``bits``
     saved: int             # neurons saved against the uniform program
     error: float | None = None   # its logit error (:func:`logit_error`; fit_budget's error model)
+    units: int | None = None     # fit_budget: the group's fitted gates as units of this many neurons
 
 
 @dataclass
@@ -105,11 +106,15 @@ def precision_groups(fg) -> dict:
     return leader
 
 
-def with_bits(fg, leader: dict, assignment: dict, narrow=()):
-    """The graph with every gate of a group in ``assignment`` (leader -> K) at that K, and
-    the gates in ``narrow`` with 8-bit incoming weights."""
+def with_bits(fg, leader: dict, assignment: dict, narrow=(), units=None):
+    """The graph with every gate of a group in ``assignment`` (leader -> K) at that K, the
+    fitted gates of a group in ``units`` (leader -> N) as N-neuron fitted units, and the
+    gates in ``narrow`` with 8-bit incoming weights."""
+    units = units or {}
     gates = [replace(g, bits=assignment[leader[g.name]]) if leader.get(g.name) in assignment else g
              for g in fg.gates]
+    gates = [replace(g, units=units[leader[g.name]]) if g.fn is not None and leader.get(g.name) in units else g
+             for g in gates]
     gates = [replace(g, weight_bits=8) if g.name in narrow else g for g in gates]
     return replace(fg, gates=gates)
 
@@ -207,8 +212,9 @@ class _Search:
                     len(self.x_val[i:i + b]), -1) for i in range(0, len(self.x_val), b)])
         return self._float_logits
 
-    def program(self, assignment: dict, dump=None, narrow=()):
-        """The program with every group in ``assignment`` at its K (the rest at ``opts.bits``)."""
+    def program(self, assignment: dict, dump=None, narrow=(), units=None):
+        """The program with every group in ``assignment`` at its K (the rest at ``opts.bits``)
+        and the fitted gates of the groups in ``units`` as units of that many neurons."""
         from .pipeline import build
         K = self.opts.bits
         merged = tuple({} for _ in range(2))
@@ -218,7 +224,7 @@ class _Search:
                 if g.name in table:
                     part[g.name] = table[g.name]
         calibration = (*merged, self.cal[K][2], self.cal[K][3])
-        return build(with_bits(self.fg, self.leader, assignment, narrow), self.calib.shape[0], calibration,
+        return build(with_bits(self.fg, self.leader, assignment, narrow, units), self.calib.shape[0], calibration,
                      self.opts, self.limits, dump)
 
     def score(self, prog, error: bool = False) -> tuple:
@@ -230,9 +236,15 @@ class _Search:
         score = (float((got.argmax(1) == self.target).mean()), cost.static_cost(prog).neurons)
         return (*score, logit_error(got, self.float_logits)) if error else score
 
-    def measure(self, assignment: dict, narrow=(), error: bool = False):
-        prog = self.program(assignment, narrow=narrow)
+    def measure(self, assignment: dict, narrow=(), error: bool = False, units=None):
+        prog = self.program(assignment, narrow=narrow, units=units)
         return (prog, *self.score(prog, error))
+
+    def unit_groups(self) -> list:
+        """The groups with a fitted gate that may become a fitted unit (not a product's square)."""
+        squares = {g.name for g in self.fg.gates if g.partner} | {g.partner for g in self.fg.gates if g.partner}
+        return list(dict.fromkeys(self.leader[g.name] for g in self.fg.gates
+                                  if g.fn is not None and g.name in self.leader and g.name not in squares))
 
 
 def choose_precision(model_path, calib, x_val, labels, max_drop: float, opts, *, limits=None,
@@ -316,6 +328,7 @@ class BudgetReport:
     score: float                   # of the chosen program (measured)
     neurons: int
     assignment: dict               # group -> K, the groups raised above base_bits
+    units: dict = field(default_factory=dict)   # group -> N: fitted units of N neurons (not --fitted-units)
     predicted: float = 0.0         # the additive model's score of the chosen assignment
     sensitivity: list = field(default_factory=list)   # Choice(group, K, score alone, -extra neurons, error)
     inputs: int = 0
@@ -331,7 +344,16 @@ class BudgetReport:
                  f"predicted {100 * self.predicted:.2f}%); logit error {self.error:.4f} (base {self.base_error:.4f})"]
         for g, k in sorted(self.assignment.items(), key=lambda t: -t[1]):
             lines.append(f"  {g}: K={k}")
+        for g, n in sorted(self.units.items(), key=lambda t: -t[1]):
+            lines.append(f"  {g}: {n}-neuron fitted units")
         return "\n".join(lines)
+
+
+def unit_sizes(units: int) -> list:
+    """The fitted-unit sizes fit_budget tries per group beside ``--fitted-units`` N: N - 2
+    (fewer neurons, to fund a raise elsewhere), N + 2 and N + 4 (within 2..MAX_UNIT_NEURONS)."""
+    from .unitfit import MAX_UNIT_NEURONS
+    return [n for n in (units - 2, units + 2, units + 4) if units and 2 <= n <= MAX_UNIT_NEURONS]
 
 
 def fit_budget(model_path, calib, x_val, labels, neuron_budget: int, opts, *, limits=None,
@@ -386,42 +408,58 @@ def fit_budget(model_path, calib, x_val, labels, neuron_budget: int, opts, *, li
                           s0, inputs=len(search.x_val), base_error=e0, error=e0)
     if k0 == K:
         return (search.program(base_assign, dump) if dump else base_prog), report
-    options = []   # (group, K', gain: the top-1 score it adds, extra neurons)
-    for i, g, k in progress([(i, g, k) for i, g in enumerate(search.groups) for k in range(k0 + 1, K + 1)],
-                            desc="sensitivity"):
-        prog = search.program({**base_assign, g: k})
+    # a setting of a group: (K, None) a raise to K, or (K0, N) its fitted gates as N-neuron units
+    fitted = set(search.unit_groups())
+    trials = [(g, (k, None)) for g in search.groups for k in range(k0 + 1, K + 1)]
+    trials += [(g, (k0, n)) for g in search.groups if g in fitted for n in unit_sizes(opts.fitted_units)]
+    order = {g: i + 1 for i, g in enumerate(search.groups)}
+
+    def settings(chosen):   # (assignment, units) of options (group, (K, N), ...)
+        return ({**base_assign, **{o[0]: o[1][0] for o in chosen}},
+                {o[0]: o[1][1] for o in chosen if o[1][1] is not None})
+
+    options = []   # (group, (K, N), gain: the top-1 score it adds, extra neurons)
+    for g, (k, units) in progress(trials, desc="sensitivity"):
+        assignment, unit_of = settings([(g, (k, units))])
+        prog = search.program(assignment, units=unit_of)
         n = cost.static_cost(prog).neurons
+        what = f"sensitivity {order[g]}/{len(search.groups)} {g} " + (f"K={k}" if units is None else f"units={units}")
         if n > neuron_budget:   # over the budget alone: never chosen, not measured
-            say(f"sensitivity {i + 1}/{len(search.groups)} {g} K={k}: {n - n0:+d} neurons, over the budget alone")
+            say(f"{what}: {n - n0:+d} neurons, over the budget alone")
             continue
         s, _, e = search.score(prog, error=True)
-        report.sensitivity.append(Choice(g, k, s, n0 - n, e))
-        say(f"sensitivity {i + 1}/{len(search.groups)} {g} K={k}: logit error {e:.4f}, {metric} "
-            f"{100 * s:.2f}%, {n - n0:+d} neurons")
-        if s > s0:
-            options.append((g, k, s - s0, n - n0))
+        report.sensitivity.append(Choice(g, k, s, n0 - n, e, units))
+        say(f"{what}: logit error {e:.4f}, {metric} {100 * s:.2f}%, {n - n0:+d} neurons")
+        if s > s0 or n < n0:   # a gain, or neurons that may fund one elsewhere
+            options.append((g, (k, units), s - s0, n - n0))
     chosen = _knapsack(options, neuron_budget - n0)
-    best = (base_prog, s0, n0, {}, e0)
+    best = (base_prog, s0, n0, [], e0)
     while chosen:
-        raised = {g: k for g, k, _, _ in chosen}
-        prog, s, n, e = search.measure({**base_assign, **raised}, error=True)
-        say(f"chosen {len(raised)} raises: logit error {e:.4f}, {metric} {100 * s:.2f}%, {n} neurons")
+        assignment, unit_of = settings(chosen)
+        prog, s, n, e = search.measure(assignment, error=True, units=unit_of)
+        say(f"chosen {len(chosen)} changes: logit error {e:.4f}, {metric} {100 * s:.2f}%, {n} neurons")
         if n <= neuron_budget:
             if s >= s0:
-                best = (prog, s, n, raised, e)
+                best = (prog, s, n, chosen, e)
             break
-        chosen.remove(min(chosen, key=lambda o: o[2] / max(o[3], 1)))   # the least gain per neuron
-    prog, s, n, raised, e = best
-    report.score, report.neurons, report.assignment, report.error = s, n, raised, e
-    report.predicted = min(1.0, s0 + sum(o[2] for o in options if (o[0], o[1]) in raised.items()))   # a score
+        ups = [o for o in chosen if o[3] > 0]
+        if not ups:
+            break
+        chosen.remove(min(ups, key=lambda o: o[2] / o[3]))   # the least gain per neuron
+    prog, s, n, chosen, e = best
+    assignment, units = settings(chosen)
+    report.score, report.neurons, report.error = s, n, e
+    report.assignment = {g: k for g, k in assignment.items() if k != k0}
+    report.units = units
+    report.predicted = min(1.0, s0 + sum(o[2] for o in chosen))   # a score
     if dump:
-        prog = search.program({**base_assign, **raised}, dump)
+        prog = search.program(assignment, dump, units=units)
     return prog, report
 
 
 def _knapsack(options: list, room: int) -> list:
-    """The options (group, K', gain, extra) with at most one per group, extras summing to at
-    most ``room``, of the largest total gain (exact, HiGHS)."""
+    """The options (group, setting, gain, extra) with at most one per group, extras summing to
+    at most ``room``, of the largest total gain (exact, HiGHS; extras and gains may be negative)."""
     from scipy.optimize import Bounds, LinearConstraint, milp
     if not options:
         return []

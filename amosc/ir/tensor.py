@@ -87,6 +87,9 @@ class Gate:
     #: 8 or 16: the precision of the gate's incoming synapses when not the program's
     #: (per-layer weight precision, chosen by --max-drop)
     weight_bits: int | None = None
+    #: a fitted gate's neurons per element as a fitted AMOS unit when not the program's
+    #: ``--fitted-units`` (per-layer unit size, chosen by --neuron-budget with validation data)
+    units: int | None = None
     fit: object = None              # the Fit a segmented gate realizes
     #: a product's pair of square units u^2 - v^2 (u = (x + y) / 2, v = (x - y) / 2): the
     #: u gate names the v gate; calibration balances the pair per channel (see expand.py)
@@ -246,6 +249,8 @@ def verify_graph(g: TensorGraph) -> None:
             raise IRError(f"{where}: bits must be 1..31, got {gate.bits}")
         if gate.weight_bits not in (None, 8, 16):
             raise IRError(f"{where}: weight_bits must be 8 or 16, got {gate.weight_bits}")
+        if gate.units is not None and (gate.fn is None or not 1 <= int(gate.units) <= 255):
+            raise IRError(f"{where}: units must be 1..255 neurons of a fitted gate, got {gate.units}")
         if gate.alpha_from is not None and gate.alpha_from not in by_name:
             raise IRError(f"{where}: alpha_from names {gate.alpha_from!r}, not an earlier gate")
         shapes[gate.name] = tuple(gate.shape)
@@ -319,7 +324,7 @@ def dumps(g: TensorGraph) -> str:
             act += f" upper={_fmt_range(gate.upper)}"
         if gate.fit is not None:   # a segmented gate, or a fitted AMOS unit (unitfit.UnitFit)
             act += f" unit={gate.fit.bits}" if hasattr(gate.fit, "codes") else f" segments={gate.fit.segments}"
-        for what in ("bits", "weight_bits", "alpha_from", "partner"):
+        for what in ("bits", "weight_bits", "units", "alpha_from", "partner"):
             if getattr(gate, what) is not None:
                 act += f" {what}={getattr(gate, what)}"
         if gate.compartments > 1:
