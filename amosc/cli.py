@@ -161,9 +161,8 @@ def main(debug):
 @click.option("--neuron-budget", type=click.IntRange(1), default=None, metavar="N",
               help="Choose structures for the lowest latency with at most N neurons (refused when even "
                    "the smallest program has more). With --val-input (and no --max-drop): first choose each "
-                   "layer's K (at most --bits), and with --fitted-units each fitted layer's unit size, for the "
-                   "highest measured top-1 agreement with the float model (accuracy with --labels) within N "
-                   "neurons (docs/optimizer.md).")
+                   "layer's K (at most --bits) for the highest measured top-1 agreement with the float model "
+                   "(accuracy with --labels) within N neurons (docs/optimizer.md).")
 @click.option("--max-drop", type=click.FloatRange(0), default=None, metavar="POINTS",
               help="Per-layer precision: lower some gates' K below --bits where it costs least, keeping "
                    "top-1 accuracy on --val-input/--labels within POINTS percentage points of the float "

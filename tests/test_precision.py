@@ -242,7 +242,7 @@ def test_a_neuron_budget_weighs_fitted_unit_sizes_per_layer(tmp_path):
     sizes = {k: static_cost(compile_model(path, calib, bits=k, fitted_units=8)).neurons for k in (4, 3)}
     budget = sizes[3] + 4 * 64                  # K=4 is over: base K=3, room for a few more neurons
     lines = []
-    prog, report = fit_budget(path, calib, xv, None, budget, opts, log=lines.append)
+    prog, report = fit_budget(path, calib, xv, None, budget, opts, log=lines.append, sizes=unit_sizes(8))
     assert report.base_bits == 3 and unit_sizes(8) == [6, 10, 12]
     unit_choices = [c for c in report.sensitivity if c.units is not None]
     over = [ln for ln in lines if "units=" in ln and ln.endswith("over the budget alone")]
@@ -253,6 +253,8 @@ def test_a_neuron_budget_weighs_fitted_unit_sizes_per_layer(tmp_path):
     assert static_cost(prog).neurons == report.neurons <= budget
     for g, n in report.units.items():
         assert prog.pop(g).code.bits == n
+    _, plain = fit_budget(path, calib, xv, None, budget, opts)   # by default: K raises only
+    assert all(c.units is None for c in plain.sensitivity) and not plain.units
     # a program with a chosen unit size is exact across levels like any other
     from amosc.compiler.precision import _Search
     from amosc.compiler.resources import Limits
