@@ -52,7 +52,7 @@ def expand_fitted(fg: TensorGraph, ranges: dict, bits: int, balance: dict | None
     that unit's rms error on the sample is at most the segments' (so never a less accurate
     gate); its ``bits`` are N. A gate's own ``units`` overrides N (per-layer unit size).
     Without a sample (bare ranges) the segments stay."""
-    squares = {g.name for g in fg.gates if g.partner} | {g.partner for g in fg.gates if g.partner}
+    squares = fg.squares
     replaced: dict[str, Expr] = {}   # gate -> its value read from its segments (and ReLU part)
     balanced: dict[str, Expr] = {}
     by_name = {g.name: g for g in fg.gates}

@@ -82,7 +82,7 @@ def calibrate(fg, calib: np.ndarray, opts: Options, precisions=None):
     from ..progress import progress
     from ..ir.tensor import float_eval
     n = calib.shape[0]
-    paired = {g.name for g in fg.gates if g.partner} | {g.partner for g in fg.gates if g.partner}
+    paired = fg.squares
     # the samples kept per gate: whole samples, evenly spaced, at most MAX_CALIB_VALUES values
     # (a product's square pair keeps all: its balance is set from every sample first)
     stride = {}

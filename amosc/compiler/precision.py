@@ -242,7 +242,7 @@ class _Search:
 
     def unit_groups(self) -> list:
         """The groups with a fitted gate that may become a fitted unit (not a product's square)."""
-        squares = {g.name for g in self.fg.gates if g.partner} | {g.partner for g in self.fg.gates if g.partner}
+        squares = self.fg.squares
         return list(dict.fromkeys(self.leader[g.name] for g in self.fg.gates
                                   if g.fn is not None and g.name in self.leader and g.name not in squares))
 
@@ -376,10 +376,11 @@ def fit_budget(model_path, calib, x_val, labels, neuron_budget: int, opts, *, li
        94.05% agreement on the 2000 test images against 94.50% without: more options, more
        lucky measurements chosen).
     3. **Selection.** A multiple-choice knapsack, solved exactly (scipy's HiGHS MILP): at most
-       one K' per group, maximizing the sum of the measured score gains subject to the
-       base's neurons plus the extra neurons <= the budget. Gains of different groups interact, so the chosen
-       program is measured again; while it exceeds the budget (neurons are not exactly
-       additive), the raise with the least gain per neuron is undone.
+       one setting (K' or unit size) per group, maximizing the sum of the measured score
+       gains subject to the base's neurons plus the extra neurons <= the budget. Gains of
+       different groups interact, so the chosen program is measured again; while it exceeds
+       the budget (neurons are not exactly additive), the setting that adds neurons with the
+       least gain per neuron is undone.
     4. **Guarantee.** The returned program has at most ``neuron_budget`` neurons (SAR
        structures; a structure choice may then trade the slack for latency), and its measured
        score on the validation inputs is at least the base's: otherwise the base is returned.

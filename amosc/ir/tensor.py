@@ -135,6 +135,11 @@ class TensorGraph:
     #: the trained input statistics that calibration data is checked against
     first_norm: tuple | None = None
 
+    @property
+    def squares(self) -> set:
+        """Names of the gates that form a product's square pair (both u and v)."""
+        return {g.name for g in self.gates if g.partner} | {g.partner for g in self.gates if g.partner}
+
 
 def float_eval(fg: TensorGraph, x: np.ndarray, pre_values: dict | None = None) -> dict:
     """Evaluate the imported graph in float64 (gate outputs and the readout).
